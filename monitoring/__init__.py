@@ -1,0 +1,1 @@
+"""Metrics, and the Prometheus, Alertmanager and Grafana files operators run."""

@@ -1,0 +1,1 @@
+"""Tocsin's pipeline: configuration, data model, producer, relay, queues and CLI."""

@@ -1,0 +1,134 @@
+"""Wires one process's parts together from settings: database, queue, channels, stages, metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from channels.base import Channel, ChannelContext
+from channels.registry import CHANNEL_NAMES, CHANNELS, build_channels, channel_reasons
+from monitoring.metrics import Metrics
+from pipeline.clock import Clock, SystemClock
+from pipeline.config import DispatchFallback, Settings
+from pipeline.db import SessionFactory, create_engine, session_factory
+from pipeline.jobs import declared_jobs
+from pipeline.observer import Observer
+from pipeline.producer import Producer
+from pipeline.queues import Queue, open_queue
+from pipeline.redact import Redactor
+from pipeline.relay import Relay
+from workers.retry import RetryPolicy
+from workers.worker import Worker, WorkerConfig
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Returns every configured secret value, for redaction."""
+    values = [
+        settings.email_password.get_secret_value(),
+        settings.wecom_webhook_url.get_secret_value(),
+    ]
+    return [v for v in values if v]
+
+
+@dataclass
+class App:
+    """One process's shared parts; close it when done."""
+
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessions: SessionFactory
+    queue: Queue
+    metrics: Metrics
+    policy: RetryPolicy
+    redact: Redactor
+    _channels: list[Channel] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+        queue: Queue | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> App:
+        """Builds the parts (nothing connects until used); registry defaults to a private one."""
+        engine = create_engine(settings)
+        metrics = Metrics(registry or CollectorRegistry())
+        metrics.initialize(channel_reasons(), [job.id for job in declared_jobs(settings)])
+        return cls(
+            settings=settings,
+            clock=clock or SystemClock(),
+            engine=engine,
+            sessions=session_factory(engine),
+            queue=queue or open_queue(settings),
+            metrics=metrics,
+            policy=policy or RetryPolicy.from_settings(settings),
+            redact=Redactor(secrets_of(settings)),
+        )
+
+    def producer(self) -> Producer:
+        """Returns the producer over every registered channel."""
+        return Producer(
+            self.sessions, self.clock, self.metrics, CHANNELS, self.settings.producer_batch_size
+        )
+
+    def observer(self) -> Observer:
+        """Returns the observer that keeps the backlog and queue gauges current."""
+        return Observer(self.sessions, self.queue, self.clock, self.metrics, CHANNEL_NAMES)
+
+    def relay(self) -> Relay:
+        """Returns the relay; with DISPATCH_FALLBACK=inline it delivers while the broker is down."""
+        inline = None
+        if self.settings.dispatch_fallback is DispatchFallback.INLINE:
+            inline = self.worker().deliver
+        return Relay(self.sessions, self.queue, self.clock, self.metrics, self.settings, inline)
+
+    def worker(
+        self,
+        channels: Iterable[str] | None = None,
+        *,
+        concurrency: int | None = None,
+    ) -> Worker:
+        """Returns a worker for the named channels (all by default)."""
+        names = list(channels or CHANNEL_NAMES)
+        context = ChannelContext(self.sessions, self.clock)
+        built = build_channels(self.settings, context, names)
+        self._channels.extend(built.values())
+        config = WorkerConfig(
+            name=f"{socket.gethostname()}:{os.getpid()}",
+            concurrency=concurrency or self.settings.worker_concurrency,
+            batch_size=self.settings.worker_batch_size,
+            send_timeout=self.settings.send_timeout,
+            send_lease=self.settings.send_lease,
+            shutdown_grace=self.settings.shutdown_grace,
+            idle_timeout=self._idle_wait(),
+        )
+        return Worker(
+            sessions=self.sessions,
+            queue=self.queue,
+            channels=built,
+            clock=self.clock,
+            policy=self.policy,
+            metrics=self.metrics,
+            redact=self.redact,
+            config=config,
+        )
+
+    def _idle_wait(self) -> float:
+        # In-process messages are there at once; a broker may need a moment to deliver.
+        return 0.0 if self.settings.queue_scheme == "memory" else 1.0
+
+    async def aclose(self) -> None:
+        """Closes channels, the queue and the database engine."""
+        for channel in self._channels:
+            await channel.aclose()
+        await self.queue.close()
+        await self.engine.dispose()

@@ -1,0 +1,90 @@
+"""Builds settings and the app for one CLI command, turning every known failure into one line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from sqlalchemy.exc import DBAPIError
+
+from pipeline.app import App, secrets_of
+from pipeline.cli.output import fail
+from pipeline.config import Settings
+from pipeline.logs import configure_logging
+from pipeline.queues.base import QueueUnavailable
+from pipeline.redact import Redactor
+from pipeline.validation import InputError
+
+T = TypeVar("T")
+
+
+def load_settings() -> Settings:
+    """Reads settings from the environment, or exits naming the bad variable."""
+    try:
+        return Settings()
+    except SettingsError as exc:
+        fail(f"invalid configuration: {exc}")
+        raise AssertionError("unreachable") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]).upper()
+        fail(f"invalid configuration {where}: {first['msg']}")
+        raise AssertionError("unreachable") from exc
+
+
+@contextmanager
+def friendly_errors(settings: Settings | None = None) -> Iterator[None]:
+    """Maps bad input, a missing schema and an unreachable broker to one-line errors."""
+    redact = Redactor(secrets_of(settings) if settings else [])
+    try:
+        yield
+    except InputError as exc:
+        fail(redact(str(exc)))
+    except DBAPIError as exc:
+        text = str(exc.orig) if exc.orig is not None else str(exc)
+        if "no such table" in text or "does not exist" in text:
+            fail("the database has no Tocsin tables yet: run `tocsin db upgrade` first", 1)
+        fail(f"database error: {redact(text.strip().splitlines()[0])}", 1)
+    except OverflowError as exc:
+        fail(f"a number is out of range: {exc}")
+    except QueueUnavailable as exc:
+        fail(f"queue unavailable: {redact(str(exc))}", 1)
+    except (OSError, ConnectionError) as exc:
+        fail(f"cannot connect: {redact(str(exc))}", 1)
+
+
+def run_async(
+    work: Callable[[App], Awaitable[T]],
+    *,
+    verbose: bool = False,
+    app_settings: Settings | None = None,
+) -> T:
+    """Runs work against a fresh app in a new event loop, with friendly errors."""
+    settings = app_settings or load_settings()
+    configure_logging(
+        settings.log_level if verbose else "WARNING",
+        settings.log_format,
+        Redactor(secrets_of(settings)),
+    )
+
+    async def main() -> T:
+        app = App.create(settings)
+        try:
+            return await work(app)
+        finally:
+            await app.aclose()
+
+    with friendly_errors(settings):
+        return asyncio.run(main())
+    raise AssertionError("unreachable")
+
+
+def not_none(value: Any, message: str) -> Any:
+    """Returns value, or fails with message when it is None."""
+    if value is None:
+        fail(message)
+    return value

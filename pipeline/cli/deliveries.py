@@ -1,0 +1,274 @@
+"""`tocsin notifications ...`, `tocsin dlq ...` and `tocsin inbox`: what happened to deliveries."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from channels.errors import Reason as FailureReason
+from channels.registry import CHANNEL_NAMES
+from pipeline.app import App
+from pipeline.cli.context import not_none, run_async
+from pipeline.cli.output import check_ids, emit, fail, stdout
+from pipeline.durations import parse_duration
+from pipeline.inbox import mark_read, read_inbox
+from pipeline.models import State
+from pipeline.notifications import NotificationFilter, get_notification, list_notifications
+from workers.dead_letters import ReplayReport, dead, purge, replay
+
+notifications = typer.Typer(help="Notifications and where each one stands.")
+dlq = typer.Typer(help="Dead letters: inspect, replay with a fresh schedule, or purge.")
+
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+Channel = Annotated[
+    str | None, typer.Option(help=f"Only this channel ({', '.join(CHANNEL_NAMES)}).")
+]
+Reason = Annotated[str | None, typer.Option(help="Only this reason, e.g. smtp_5xx.")]
+AlertId = Annotated[
+    int | None, typer.Option("--alert", help="Only this alert id.", callback=check_ids)
+]
+Since = Annotated[
+    str | None, typer.Option(help="Only rows changed since: an ISO time or an age such as 2h.")
+]
+Limit = Annotated[int, typer.Option(min=1, help="At most this many rows.")]
+REASONS = frozenset(r.value for r in FailureReason)
+COLUMNS = ("id", "alert_id", "recipient", "channel", "state", "attempts", "not_before", "reason")
+
+
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    with suppress(ValueError):
+        moment = datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        fail(f"--since must be an ISO time (2026-11-23T08:00+00:00) or an age (2h), not {text!r}")
+        raise
+
+
+def _filter(
+    channel: str | None,
+    reason: str | None,
+    alert: int | None,
+    since: str | None,
+    limit: int | None,
+    states: tuple[str, ...] = (),
+    ids: tuple[int, ...] = (),
+) -> NotificationFilter:
+    if channel is not None and channel not in CHANNEL_NAMES:
+        fail(f"unknown channel {channel!r}: choose from {', '.join(CHANNEL_NAMES)}")
+    if reason is not None and reason not in REASONS:
+        fail(f"unknown reason {reason!r}: see docs/operations.md for the list")
+    return NotificationFilter(states, channel, reason, alert, _since(since), ids, limit)
+
+
+@notifications.command("list")
+def notifications_list(
+    status: Annotated[
+        list[str] | None, typer.Option(help="Only this state (PENDING, QUEUED, SENT, DEAD, ...).")
+    ] = None,
+    channel: Channel = None,
+    reason: Reason = None,
+    alert: AlertId = None,
+    since: Since = None,
+    limit: Limit = 100,
+    as_json: Json = False,
+) -> None:
+    """Lists notifications with their state, attempts and next time."""
+    states = tuple(s.upper() for s in status or ())
+    bad = [s for s in states if s not in State.__members__]
+    if bad:
+        fail(f"unknown status {bad[0]!r}: choose from {', '.join(State.__members__)}")
+    where = _filter(channel, reason, alert, since, limit, states)
+
+    async def work(app: App) -> object:
+        return await list_notifications(app.sessions, where)
+
+    emit(run_async(work), as_json=as_json, title="notifications", columns=COLUMNS)
+
+
+def _show(notification_id: int, as_json: bool, *, dead_only: bool) -> None:
+    async def work(app: App) -> object:
+        return await get_notification(app.sessions, notification_id)
+
+    view = not_none(run_async(work), f"no notification {notification_id}")
+    if dead_only and view.state != State.DEAD.value:
+        fail(f"notification {notification_id} is {view.state}, not DEAD")
+    if as_json:
+        emit(view, as_json=True)
+        return
+    emit([view], as_json=False, title=f"notification {notification_id}", columns=COLUMNS)
+    if view.error:
+        stdout.print(f"last error: {view.error}", highlight=False, markup=False)
+    emit(
+        view.attempt_log,
+        as_json=False,
+        title="attempts",
+        columns=("attempt", "started_at", "duration_seconds", "outcome", "reason", "detail"),
+    )
+
+
+@notifications.command("show")
+def notifications_show(
+    notification_id: Annotated[
+        int, typer.Argument(help="The notification id.", callback=check_ids)
+    ],
+    as_json: Json = False,
+) -> None:
+    """Shows one notification and every attempt made to deliver it."""
+    _show(notification_id, as_json, dead_only=False)
+
+
+@dlq.command("list")
+def dlq_list(
+    channel: Channel = None,
+    reason: Reason = None,
+    alert: AlertId = None,
+    since: Since = None,
+    limit: Limit = 100,
+    as_json: Json = False,
+) -> None:
+    """Lists dead-lettered notifications with their reason."""
+    where = dead(_filter(channel, reason, alert, since, limit))
+
+    async def work(app: App) -> object:
+        return await list_notifications(app.sessions, where)
+
+    emit(
+        run_async(work),
+        as_json=as_json,
+        title="dead letters",
+        columns=(
+            "id",
+            "alert_id",
+            "recipient",
+            "channel",
+            "attempts",
+            "reason",
+            "error",
+            "updated_at",
+        ),
+    )
+
+
+@dlq.command("show")
+def dlq_show(
+    notification_id: Annotated[
+        int, typer.Argument(help="The notification id.", callback=check_ids)
+    ],
+    as_json: Json = False,
+) -> None:
+    """Shows one dead letter with every attempt and its error."""
+    _show(notification_id, as_json, dead_only=True)
+
+
+Ids = Annotated[
+    list[int] | None,
+    typer.Option("--id", help="A dead letter id; repeat for more.", callback=check_ids),
+]
+All = Annotated[bool, typer.Option("--all", help="Every dead letter matching the filters.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")]
+
+
+def _selection(
+    ids: list[int] | None,
+    every: bool,
+    channel: str | None,
+    reason: str | None,
+    alert: int | None,
+    since: str | None,
+) -> NotificationFilter:
+    if bool(ids) == every:
+        fail("give either --id N (repeatable) or --all")
+    return _filter(channel, reason, alert, since, None, ids=tuple(ids or ()))
+
+
+def _print_report(verb: str, report: ReplayReport, as_json: bool) -> None:
+    if as_json:
+        emit({"action": verb, **report.__dict__}, as_json=True)
+        return
+    tense = "would be" if report.dry_run else "were"
+    count = len(report.ids)
+    per_channel = ", ".join(f"{c}: {n}" for c, n in sorted(report.by_channel.items())) or "none"
+    stdout.print(f"{count} dead letter(s) {tense} {verb} ({per_channel})", highlight=False)
+    if report.ids:
+        stdout.print(
+            f"ids: {', '.join(map(str, report.ids[:50]))}" + (" …" if count > 50 else ""),
+            highlight=False,
+        )
+
+
+@dlq.command("replay")
+def dlq_replay(
+    ids: Ids = None,
+    every: All = False,
+    channel: Channel = None,
+    reason: Reason = None,
+    alert: AlertId = None,
+    since: Since = None,
+    dry_run: DryRun = False,
+    as_json: Json = False,
+) -> None:
+    """Puts dead letters back to PENDING with a fresh retry schedule (the relay sends them)."""
+    where = _selection(ids, every, channel, reason, alert, since)
+
+    async def work(app: App) -> ReplayReport:
+        return await replay(app.sessions, app.clock, app.metrics, where, dry_run=dry_run)
+
+    _print_report("replayed", run_async(work), as_json)
+
+
+@dlq.command("purge")
+def dlq_purge(
+    ids: Ids = None,
+    every: All = False,
+    channel: Channel = None,
+    reason: Reason = None,
+    alert: AlertId = None,
+    since: Since = None,
+    dry_run: DryRun = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Takes dead letters out of the queue as SUPPRESSED (purged); the rows stay for audit."""
+    where = _selection(ids, every, channel, reason, alert, since)
+    if not (dry_run or yes or typer.confirm("Purge the matching dead letters?", default=False)):
+        fail("purge cancelled", 1)
+
+    async def work(app: App) -> ReplayReport:
+        return await purge(app.sessions, app.clock, where, dry_run=dry_run)
+
+    _print_report("purged", run_async(work), as_json)
+
+
+def inbox(
+    username: Annotated[str, typer.Argument(help="Whose inbox.")],
+    unread: Annotated[bool, typer.Option("--unread", help="Only unread messages.")] = False,
+    mark: Annotated[bool, typer.Option("--mark-read", help="Mark every message read.")] = False,
+    limit: Limit = 100,
+    as_json: Json = False,
+) -> None:
+    """Shows a user's in-app inbox (system channel), with read/unread."""
+
+    async def work(app: App) -> tuple[list[object], int]:
+        items = await read_inbox(app.sessions, username, unread_only=unread, limit=limit)
+        marked = await mark_read(app.sessions, app.clock, username) if mark else 0
+        return list(items), marked
+
+    items, marked = run_async(work)
+    if as_json:
+        emit({"user": username, "messages": items, "marked_read": marked}, as_json=True)
+        return
+    emit(
+        items,
+        as_json=False,
+        title=f"inbox of {username}",
+        columns=("id", "severity", "title", "created_at", "read"),
+    )
+    if mark:
+        stdout.print(f"{marked} message(s) marked read")

@@ -1,0 +1,158 @@
+"""One settings object for every process, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipeline.durations import parse_duration, parse_schedule
+
+
+class DispatchFallback(StrEnum):
+    """What the relay does while the broker refuses messages."""
+
+    INLINE = "inline"
+    NONE = "none"
+
+
+class EmailSecurity(StrEnum):
+    """How the SMTP connection is protected."""
+
+    STARTTLS = "starttls"
+    SSL = "ssl"
+    NONE = "none"
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Every knob Tocsin has; the embedded default (SQLite + in-process queue) needs none."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./tocsin.db", validation_alias=_env("DATABASE_URL")
+    )
+    db_pool_size: int = Field(10, ge=1, validation_alias=_env("DB_POOL_SIZE"))
+    # REDIS_URL is the seed system's name for its queue; QUEUE_URL wins when both are set.
+    queue_url: str = Field("memory://", validation_alias=_env("QUEUE_URL", "REDIS_URL"))
+    memory_queue_size: int = Field(10_000, ge=1, validation_alias=_env("MEMORY_QUEUE_SIZE"))
+    dispatch_fallback: DispatchFallback = Field(
+        DispatchFallback.NONE, validation_alias=_env("DISPATCH_FALLBACK")
+    )
+    # A message handed out this many times without being settled goes to the dead letters.
+    # Generous: a worker hands messages back on shutdown and on database errors, and every
+    # hand-back counts; real poison (bad JSON, unknown id) is rejected at once anyway.
+    queue_delivery_limit: int = Field(20, ge=1, validation_alias=_env("QUEUE_DELIVERY_LIMIT"))
+    redis_stream_maxlen: int = Field(
+        1_000_000, ge=1000, validation_alias=_env("REDIS_STREAM_MAXLEN")
+    )
+    # Messages of a dead Redis consumer are taken over after this idle time; it must stay
+    # well above the slowest send (SEND_TIMEOUT), or a slow send is delivered twice.
+    redis_claim_idle: timedelta = Field(
+        timedelta(seconds=120), validation_alias=_env("REDIS_CLAIM_IDLE")
+    )
+    broker_timeout: timedelta = Field(
+        timedelta(seconds=10), validation_alias=_env("BROKER_TIMEOUT")
+    )
+
+    metrics_addr: str = Field("0.0.0.0", validation_alias=_env("METRICS_ADDR"))
+    # 0 lets the OS pick a free port (logged at start-up); -1 serves no /metrics at all.
+    metrics_port: int = Field(9464, ge=-1, le=65535, validation_alias=_env("METRICS_PORT"))
+
+    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
+    log_format: str = Field("json", pattern="^(json|console)$", validation_alias=_env("LOG_FORMAT"))
+
+    producer_cron: str = Field("0 * * * *", validation_alias=_env("PRODUCER_CRON"))
+    # Comma-separated job ids that are declared but must not be scheduled.
+    disabled_jobs: str = Field("", validation_alias=_env("DISABLED_JOBS"))
+    observe_interval: timedelta = Field(
+        timedelta(seconds=15), validation_alias=_env("OBSERVE_INTERVAL")
+    )
+    producer_batch_size: int = Field(50, ge=1, validation_alias=_env("PRODUCER_BATCH_SIZE"))
+    relay_interval: timedelta = Field(timedelta(seconds=2), validation_alias=_env("RELAY_INTERVAL"))
+    relay_batch_size: int = Field(500, ge=1, validation_alias=_env("RELAY_BATCH_SIZE"))
+    # A QUEUED row whose message was lost is published again after this long.
+    queue_lease: timedelta = Field(timedelta(minutes=10), validation_alias=_env("QUEUE_LEASE"))
+    # A SENDING row whose worker vanished is published again after this long.
+    send_lease: timedelta = Field(timedelta(minutes=2), validation_alias=_env("SEND_LEASE"))
+    send_timeout: timedelta = Field(timedelta(seconds=30), validation_alias=_env("SEND_TIMEOUT"))
+
+    # NoDecode: "5m,15m" is our format, not JSON (pydantic-settings would parse it as JSON).
+    retry_schedule: Annotated[tuple[timedelta, ...], NoDecode] = Field(
+        (
+            timedelta(minutes=5),
+            timedelta(minutes=15),
+            timedelta(minutes=30),
+            timedelta(minutes=60),
+        ),
+        validation_alias=_env("RETRY_SCHEDULE"),
+    )
+    retry_jitter: float = Field(0.1, ge=0, le=1, validation_alias=_env("RETRY_JITTER"))
+    retry_max_age: timedelta = Field(timedelta(hours=24), validation_alias=_env("RETRY_MAX_AGE"))
+
+    worker_concurrency: int = Field(16, ge=1, validation_alias=_env("WORKER_CONCURRENCY"))
+    worker_batch_size: int = Field(64, ge=1, validation_alias=_env("WORKER_BATCH_SIZE"))
+    shutdown_grace: timedelta = Field(
+        timedelta(seconds=25), validation_alias=_env("SHUTDOWN_GRACE")
+    )
+
+    email_enabled: bool = Field(False, validation_alias=_env("EMAIL_ENABLED"))
+    email_smtp_server: str = Field("", validation_alias=_env("EMAIL_SMTP_SERVER"))
+    email_smtp_port: int = Field(587, ge=1, le=65535, validation_alias=_env("EMAIL_SMTP_PORT"))
+    email_username: str = Field("", validation_alias=_env("EMAIL_USERNAME"))
+    email_password: SecretStr = Field(SecretStr(""), validation_alias=_env("EMAIL_PASSWORD"))
+    email_from: str = Field("Tocsin <tocsin@localhost>", validation_alias=_env("EMAIL_FROM"))
+    email_security: EmailSecurity = Field(
+        EmailSecurity.STARTTLS, validation_alias=_env("EMAIL_SECURITY")
+    )
+    email_pool_size: int = Field(4, ge=1, validation_alias=_env("EMAIL_POOL_SIZE"))
+
+    wecom_enabled: bool = Field(False, validation_alias=_env("WECOM_ENABLED", "WECHAT_ENABLED"))
+    wecom_webhook_url: SecretStr = Field(
+        SecretStr(""), validation_alias=_env("WECOM_WEBHOOK_URL", "WECHAT_WEBHOOK_URL")
+    )
+    wecom_rate_per_minute: int = Field(20, ge=1, validation_alias=_env("WECOM_RATE_PER_MINUTE"))
+    wecom_concurrency: int = Field(8, ge=1, validation_alias=_env("WECOM_CONCURRENCY"))
+
+    @field_validator(
+        "relay_interval",
+        "queue_lease",
+        "send_lease",
+        "send_timeout",
+        "retry_max_age",
+        "shutdown_grace",
+        "redis_claim_idle",
+        "observe_interval",
+        "broker_timeout",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        return parse_schedule(value) if isinstance(value, str) else value
+
+    @property
+    def queue_scheme(self) -> str:
+        """The queue backend named by QUEUE_URL: memory, amqp or redis."""
+        return self.queue_url.split("://", 1)[0].lower()
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when DATABASE_URL points at SQLite."""
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,38 @@
+"""Parses the short duration strings used in configuration ("90s", "5m", "2h", "1d")."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Returns the timedelta for "90s", "5m", "2h", "1d" or a bare number of seconds."""
+    match = _PATTERN.match(text)
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 5m)")
+    value, unit = match.groups()
+    return timedelta(seconds=float(value) * _UNITS[unit or "s"])
+
+
+def parse_schedule(text: str) -> tuple[timedelta, ...]:
+    """Returns the delays of a comma-separated schedule such as "5m,15m,30m,60m"."""
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError("retry schedule is empty: give at least one delay, e.g. 5m,15m,30m,60m")
+    delays = tuple(parse_duration(part) for part in parts)
+    if any(delay <= timedelta(0) for delay in delays):
+        raise ValueError(f"retry schedule {text!r} has a delay that is not positive")
+    return delays
+
+
+def format_duration(delta: timedelta) -> str:
+    """Renders a timedelta in the shortest exact unit ("5m", "90s", "2h")."""
+    seconds = delta.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -1,0 +1,204 @@
+"""Every table Tocsin keeps; the notifications table is the source of truth for delivery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC and hands them back aware, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(
+        default=None if nullable else ...,
+        sa_column=Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+class Severity(StrEnum):
+    """How urgent an alert is; critical alerts bypass quiet hours."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class State(StrEnum):
+    """Where a notification is in its life; SENT, DEAD and SUPPRESSED are terminal."""
+
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    SENDING = "SENDING"
+    SENT = "SENT"
+    DEAD = "DEAD"
+    SUPPRESSED = "SUPPRESSED"
+
+    @property
+    def terminal(self) -> bool:
+        """True for the states a notification never leaves on its own."""
+        return self in (State.SENT, State.DEAD, State.SUPPRESSED)
+
+
+class Outcome(StrEnum):
+    """What one delivery attempt came to."""
+
+    SENT = "sent"
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+    SUPPRESSED = "suppressed"
+
+
+class Recipient(SQLModel, table=True):
+    """A person notifications are addressed to, with their contacts."""
+
+    __tablename__ = "recipients"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    email: str | None = Field(default=None, sa_column=Column(String(320)))
+    wecom_userid: str | None = Field(default=None, sa_column=Column(String(64)))
+    # A WeCom webhook URL carries its key: it is a secret and is never printed.
+    wecom_webhook: str | None = Field(default=None, sa_column=Column(String(512)))
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class NotificationSettings(SQLModel, table=True):
+    """A recipient's channel choices and quiet hours; no row means the defaults."""
+
+    __tablename__ = "notification_settings"
+
+    recipient_id: int = Field(foreign_key="recipients.id", primary_key=True)
+    # Comma-separated channel names, so a new channel needs no migration.
+    channels: str = Field(sa_column=Column(String(200), nullable=False))
+    timezone: str = Field(default="UTC", sa_column=Column(String(64), nullable=False))
+    quiet_start: str | None = Field(default=None, sa_column=Column(String(5)))
+    quiet_end: str | None = Field(default=None, sa_column=Column(String(5)))
+    updated_at: datetime = _utc()
+
+    @property
+    def channel_set(self) -> frozenset[str]:
+        """The enabled channel names."""
+        return frozenset(name for name in self.channels.split(",") if name)
+
+
+class Alert(SQLModel, table=True):
+    """An alert record; the producer expands it into notifications once."""
+
+    __tablename__ = "alerts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(sa_column=Column(String(200), nullable=False))
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    severity: str = Field(sa_column=Column(String(16), nullable=False))
+    created_at: datetime = _utc()
+    resolved_at: datetime | None = _utc(nullable=True)
+    expires_at: datetime | None = _utc(nullable=True)
+    processed_at: datetime | None = _utc(nullable=True, index=True)
+
+
+class AlertRecipient(SQLModel, table=True):
+    """Links an alert to one of its recipients."""
+
+    __tablename__ = "alert_recipients"
+
+    alert_id: int = Field(foreign_key="alerts.id", primary_key=True)
+    recipient_id: int = Field(foreign_key="recipients.id", primary_key=True)
+
+
+class Notification(SQLModel, table=True):
+    """One alert for one recipient on one channel, and where its delivery stands."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "recipient_id", "channel", name="uq_notification_identity"),
+        Index("ix_notifications_due", "state", "not_before"),
+        Index("ix_notifications_lease", "state", "lease_until"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(foreign_key="alerts.id", index=True)
+    recipient_id: int = Field(foreign_key="recipients.id", index=True)
+    channel: str = Field(sa_column=Column(String(32), nullable=False))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    attempts: int = 0
+    not_before: datetime = _utc()
+    lease_until: datetime | None = _utc(nullable=True)
+    # Set when a worker claims the row; only that claim may record the outcome.
+    claim_token: str | None = Field(default=None, sa_column=Column(String(32)))
+    deferred: bool = False
+    last_reason: str | None = Field(default=None, sa_column=Column(String(64)))
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+    sent_at: datetime | None = _utc(nullable=True)
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """One try at sending a notification, kept for audit and the dead-letter view."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    notification_id: int = Field(foreign_key="notifications.id", index=True)
+    attempt: int
+    channel: str = Field(sa_column=Column(String(32), nullable=False))
+    started_at: datetime = _utc()
+    duration_seconds: float
+    outcome: str = Field(sa_column=Column(String(16), nullable=False))
+    reason: str | None = Field(default=None, sa_column=Column(String(64)))
+    detail: str | None = Field(default=None, sa_column=Column(Text))
+    worker: str | None = Field(default=None, sa_column=Column(String(128)))
+
+
+class InboxMessage(SQLModel, table=True):
+    """An in-app message written by the system channel."""
+
+    __tablename__ = "inbox_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    recipient_id: int = Field(foreign_key="recipients.id", index=True)
+    notification_id: int = Field(foreign_key="notifications.id", unique=True)
+    alert_id: int = Field(foreign_key="alerts.id")
+    title: str = Field(sa_column=Column(String(200), nullable=False))
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    severity: str = Field(sa_column=Column(String(16), nullable=False))
+    created_at: datetime = _utc()
+    read_at: datetime | None = _utc(nullable=True)
+
+
+class JobRun(SQLModel, table=True):
+    """One run of a scheduled job, so its last success survives a restart."""
+
+    __tablename__ = "job_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(sa_column=Column(String(64), nullable=False, index=True))
+    started_at: datetime = _utc()
+    finished_at: datetime = _utc()
+    outcome: str = Field(sa_column=Column(String(16), nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text))

@@ -1,0 +1,136 @@
+"""Queries over notifications: listings with filters, one row with its attempts, counts by state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlmodel import col
+
+from pipeline.db import SessionFactory
+from pipeline.models import DeliveryAttempt, Notification, Recipient
+
+
+@dataclass(frozen=True)
+class NotificationFilter:
+    """Which notifications to list; None means any."""
+
+    states: tuple[str, ...] = ()
+    channel: str | None = None
+    reason: str | None = None
+    alert_id: int | None = None
+    since: datetime | None = None
+    ids: tuple[int, ...] = ()
+    limit: int | None = 100
+
+    def apply(self, statement: Select[Notification, str]) -> Select[Notification, str]:
+        """Adds this filter's conditions to a select over notifications."""
+        conditions: list[ColumnElement[bool]] = []
+        if self.states:
+            conditions.append(col(Notification.state).in_(self.states))
+        if self.channel:
+            conditions.append(col(Notification.channel) == self.channel)
+        if self.reason:
+            conditions.append(col(Notification.last_reason) == self.reason)
+        if self.alert_id is not None:
+            conditions.append(col(Notification.alert_id) == self.alert_id)
+        if self.since:
+            conditions.append(col(Notification.updated_at) >= self.since)
+        if self.ids:
+            conditions.append(col(Notification.id).in_(self.ids))
+        return statement.where(*conditions) if conditions else statement
+
+
+@dataclass(frozen=True)
+class NotificationView:
+    """A notification as listings show it."""
+
+    id: int
+    alert_id: int
+    recipient: str
+    channel: str
+    state: str
+    attempts: int
+    not_before: datetime
+    deferred: bool
+    reason: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def list_notifications(
+    sessions: SessionFactory, where: NotificationFilter
+) -> list[NotificationView]:
+    """Returns the notifications matching where, oldest id first."""
+    statement = where.apply(
+        select(Notification, col(Recipient.username))
+        .join(Recipient, col(Recipient.id) == col(Notification.recipient_id))
+        .order_by(col(Notification.id))
+    )
+    if where.limit is not None:
+        statement = statement.limit(where.limit)
+    async with sessions() as session:
+        return [_view(n, username) for n, username in await session.execute(statement)]
+
+
+async def get_notification(
+    sessions: SessionFactory, notification_id: int
+) -> NotificationView | None:
+    """Returns one notification with every recorded attempt, or None."""
+    found = await list_notifications(sessions, NotificationFilter(ids=(notification_id,)))
+    if not found:
+        return None
+    async with sessions() as session:
+        attempts = await session.execute(
+            select(DeliveryAttempt)
+            .where(col(DeliveryAttempt.notification_id) == notification_id)
+            .order_by(col(DeliveryAttempt.id))
+        )
+        log = [
+            {
+                "attempt": a.attempt,
+                "started_at": a.started_at.isoformat(),
+                "duration_seconds": round(a.duration_seconds, 4),
+                "outcome": a.outcome,
+                "reason": a.reason,
+                "detail": a.detail,
+                "worker": a.worker,
+            }
+            for a in attempts.scalars()
+        ]
+    view = found[0]
+    return NotificationView(**{**view.__dict__, "attempt_log": log})
+
+
+async def count_by_state(sessions: SessionFactory) -> dict[tuple[str, str], int]:
+    """Returns {(channel, state): count} over all notifications."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(col(Notification.channel), col(Notification.state), func.count()).group_by(
+                col(Notification.channel), col(Notification.state)
+            )
+        )
+        return {(channel, state): count for channel, state, count in rows}
+
+
+def _view(n: Notification, username: str) -> NotificationView:
+    return NotificationView(
+        id=n.id or 0,
+        alert_id=n.alert_id,
+        recipient=username,
+        channel=n.channel,
+        state=n.state,
+        attempts=n.attempts,
+        not_before=n.not_before,
+        deferred=n.deferred,
+        reason=n.last_reason,
+        error=n.last_error,
+        created_at=n.created_at,
+        updated_at=n.updated_at,
+        sent_at=n.sent_at,
+    )

@@ -1,0 +1,292 @@
+"""The hourly producer: expands unprocessed alerts into per-recipient, per-channel notifications."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlmodel import col
+
+from channels.base import Channel
+from channels.errors import Reason
+from monitoring.metrics import Metrics
+from pipeline.clock import Clock
+from pipeline.db import SessionFactory
+from pipeline.models import (
+    Alert,
+    AlertRecipient,
+    Notification,
+    NotificationSettings,
+    Recipient,
+    Severity,
+    State,
+)
+from pipeline.preferences import RecipientView, recipient_view
+from pipeline.sql import insert_ignoring_duplicates
+
+log = structlog.get_logger("tocsin.producer")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A notification the producer intends to create, and why it is in the state it is in."""
+
+    alert: Alert
+    recipient: RecipientView
+    channel: str
+    state: State = State.PENDING
+    not_before: datetime | None = None
+    deferred: bool = False
+    reason: Reason | None = None
+
+    @property
+    def open(self) -> bool:
+        """True while no stage has suppressed it."""
+        return self.state is State.PENDING
+
+
+@dataclass(frozen=True)
+class ProducerReport:
+    """What one producer pass did."""
+
+    alerts: int = 0
+    created: int = 0
+    deferred: int = 0
+    suppressed: int = 0
+    duplicates: int = 0
+
+    def __add__(self, other: ProducerReport) -> ProducerReport:
+        return ProducerReport(
+            *(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True))
+        )
+
+    def astuple(self) -> tuple[int, ...]:
+        return (self.alerts, self.created, self.deferred, self.suppressed, self.duplicates)
+
+
+# stages: each takes candidates and returns them, suppressing or deferring with a reason
+
+
+def expand(
+    alert: Alert, recipients: Sequence[RecipientView], channels: Sequence[str]
+) -> list[Candidate]:
+    """Returns one candidate per recipient and registered channel."""
+    return [Candidate(alert, r, channel) for r in recipients for channel in channels]
+
+
+def apply_preferences(
+    candidates: Sequence[Candidate], channels: Mapping[str, type[Channel]]
+) -> list[Candidate]:
+    """Suppresses channels the recipient turned off or cannot be reached on."""
+    return [_preference(c, channels[c.channel]) if c.open else c for c in candidates]
+
+
+def _preference(candidate: Candidate, channel: type[Channel]) -> Candidate:
+    if candidate.channel not in candidate.recipient.channels:
+        return replace(candidate, state=State.SUPPRESSED, reason=Reason.OPTED_OUT)
+    if not channel.reachable(candidate.recipient.contacts):
+        return replace(candidate, state=State.SUPPRESSED, reason=Reason.NO_CONTACT)
+    return candidate
+
+
+def apply_alert_state(candidates: Sequence[Candidate], now: datetime) -> list[Candidate]:
+    """Suppresses the candidates of alerts resolved or expired before they were produced."""
+    return [_alert_state(c, now) if c.open else c for c in candidates]
+
+
+def _alert_state(candidate: Candidate, now: datetime) -> Candidate:
+    reason = alert_suppression(candidate.alert, now)
+    return replace(candidate, state=State.SUPPRESSED, reason=reason) if reason else candidate
+
+
+def alert_suppression(alert: Alert, now: datetime) -> Reason | None:
+    """Returns why an alert should no longer notify anyone, or None while it is live."""
+    if alert.resolved_at is not None:
+        return Reason.ALERT_RESOLVED
+    if alert.expires_at is not None and alert.expires_at <= now:
+        return Reason.ALERT_EXPIRED
+    return None
+
+
+def apply_quiet_hours(
+    candidates: Sequence[Candidate], channels: Mapping[str, type[Channel]], now: datetime
+) -> list[Candidate]:
+    """Defers push notifications that fall in the recipient's quiet hours to the window's end."""
+    return [_quiet(c, channels[c.channel], now) if c.open else c for c in candidates]
+
+
+def _quiet(candidate: Candidate, channel: type[Channel], now: datetime) -> Candidate:
+    quiet = candidate.recipient.quiet_hours
+    if quiet is None or not channel.deferrable or candidate.alert.severity == Severity.CRITICAL:
+        return candidate
+    release = quiet.release_time(now)
+    return replace(candidate, not_before=release, deferred=True) if release else candidate
+
+
+class Producer:
+    """Runs the stages over batches of unprocessed alerts until none are left."""
+
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        clock: Clock,
+        metrics: Metrics,
+        channels: Mapping[str, type[Channel]],
+        batch_size: int = 50,
+    ) -> None:
+        self._sessions = session_factory
+        self._clock = clock
+        self._metrics = metrics
+        self._channels = channels
+        self._batch_size = batch_size
+
+    async def run(self) -> ProducerReport:
+        """Processes every unprocessed alert, one batch per transaction; returns the totals."""
+        async with self._sessions() as lock_session:
+            # Pin one connection for the whole pass: a session-level advisory lock belongs to
+            # the connection, and a committed session would hand it back to the pool.
+            connection = await lock_session.connection() if _is_postgres(lock_session) else None
+            if connection is not None and not await _take_producer_lock(connection):
+                log.info("producer_skipped", why="another producer replica holds the lock")
+                return ProducerReport()
+            try:
+                return await self._run_all()
+            finally:
+                if connection is not None:
+                    await _release_producer_lock(connection)
+
+    async def _run_all(self) -> ProducerReport:
+        started = time.perf_counter()
+        total = ProducerReport()
+        try:
+            while (report := await self._run_batch()) is not None:
+                total += report
+        except Exception:
+            self._metrics.record_producer_run(False, time.perf_counter() - started, 0, 0)
+            raise
+        seconds = time.perf_counter() - started
+        self._metrics.record_producer_run(
+            True, seconds, total.alerts, self._clock.now().timestamp()
+        )
+        log.info("producer_pass", duration_ms=round(seconds * 1000, 1), **total.__dict__)
+        return total
+
+    async def _run_batch(self) -> ProducerReport | None:
+        now = self._clock.now()
+        async with self._sessions() as session, session.begin():
+            alerts = await self._claim_alerts(session)
+            if not alerts:
+                return None
+            recipients = await self._recipients(session, [a.id for a in alerts if a.id])
+            candidates: list[Candidate] = []
+            for alert in alerts:
+                candidates += expand(alert, recipients.get(alert.id or 0, []), list(self._channels))
+            candidates = apply_alert_state(candidates, now)
+            candidates = apply_preferences(candidates, self._channels)
+            candidates = apply_quiet_hours(candidates, self._channels, now)
+            created = await self._persist(session, candidates, now)
+            await session.execute(
+                update(Alert)
+                .where(col(Alert.id).in_([a.id for a in alerts]))
+                .values(processed_at=now)
+            )
+        return self._report(alerts, candidates, created)
+
+    async def _claim_alerts(self, session: AsyncSession) -> list[Alert]:
+        statement = (
+            select(Alert)
+            .where(col(Alert.processed_at).is_(None))
+            .order_by(col(Alert.id))
+            .limit(self._batch_size)
+            # A second producer skips the alerts this one holds instead of waiting or doubling.
+            .with_for_update(skip_locked=True)
+        )
+        return list((await session.execute(statement)).scalars())
+
+    async def _recipients(
+        self, session: AsyncSession, alert_ids: list[int]
+    ) -> dict[int, list[RecipientView]]:
+        statement = (
+            select(AlertRecipient.alert_id, Recipient, NotificationSettings)  # type: ignore[call-overload]
+            .join(Recipient, col(Recipient.id) == col(AlertRecipient.recipient_id))
+            .outerjoin(
+                NotificationSettings, col(NotificationSettings.recipient_id) == col(Recipient.id)
+            )
+            .where(col(AlertRecipient.alert_id).in_(alert_ids))
+            .order_by(col(AlertRecipient.alert_id), col(Recipient.id))
+        )
+        by_alert: dict[int, list[RecipientView]] = {}
+        for alert_id, recipient, settings in await session.execute(statement):
+            by_alert.setdefault(alert_id, []).append(recipient_view(recipient, settings))
+        return by_alert
+
+    async def _persist(
+        self, session: AsyncSession, candidates: list[Candidate], now: datetime
+    ) -> list[Candidate]:
+        """Inserts the candidates and returns those that were new (the rest already existed)."""
+        if not candidates:
+            return []
+        statement = insert_ignoring_duplicates(session, Notification).returning(
+            col(Notification.alert_id), col(Notification.recipient_id), col(Notification.channel)
+        )
+        result = await session.execute(statement, [_row(c, now) for c in candidates])
+        new = {tuple(row) for row in result}
+        return [c for c in candidates if (c.alert.id, c.recipient.id, c.channel) in new]
+
+    def _report(
+        self, alerts: list[Alert], candidates: list[Candidate], created: list[Candidate]
+    ) -> ProducerReport:
+        duplicates = len(candidates) - len(created)
+        if duplicates:
+            # Another producer got there first; its run counted these rows, not ours.
+            log.info("producer_duplicates_skipped", count=duplicates)
+        for c in created:
+            self._metrics.record_created(c.channel)
+            if c.deferred:
+                self._metrics.record_deferred(c.channel)
+            if c.reason is not None:
+                self._metrics.record_suppressed(c.channel, c.reason.value)
+        return ProducerReport(
+            alerts=len(alerts),
+            created=len(created),
+            deferred=sum(c.deferred for c in created),
+            suppressed=sum(c.reason is not None for c in created),
+            duplicates=duplicates,
+        )
+
+
+# Any constant shared by every replica; "tocsin" in ASCII.
+PRODUCER_LOCK_KEY = 0x746F6373696E
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
+async def _take_producer_lock(connection: AsyncConnection) -> bool:
+    """Takes the replica-wide producer lock on PostgreSQL (SQLite has one writer anyway)."""
+    return bool(await connection.scalar(select(func.pg_try_advisory_lock(PRODUCER_LOCK_KEY))))
+
+
+async def _release_producer_lock(connection: AsyncConnection) -> None:
+    await connection.scalar(select(func.pg_advisory_unlock(PRODUCER_LOCK_KEY)))
+
+
+def _row(candidate: Candidate, now: datetime) -> dict[str, object]:
+    return {
+        "alert_id": candidate.alert.id,
+        "recipient_id": candidate.recipient.id,
+        "channel": candidate.channel,
+        "state": candidate.state.value,
+        "attempts": 0,
+        "not_before": candidate.not_before or now,
+        "deferred": candidate.deferred,
+        "last_reason": candidate.reason.value if candidate.reason else None,
+        "created_at": now,
+        "updated_at": now,
+    }

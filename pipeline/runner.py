@@ -1,0 +1,168 @@
+"""Runs the long-lived processes (all-in-one, producer, worker) and the one-shot drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from pipeline.app import App
+from pipeline.config import Settings
+from pipeline.jobs import PRODUCER_JOB_ID, JobSpec, declared_jobs, last_success, run_job
+from pipeline.producer import ProducerReport
+
+log = structlog.get_logger("tocsin.runner")
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What a drain did: one producer pass, then relay and deliver until nothing is due."""
+
+    produced: ProducerReport
+    published: int
+    delivered: int
+
+
+async def drain(app: App) -> DrainReport:
+    """Produces, relays and delivers everything due now (retries included), then returns."""
+    # Leases are left alone: a `tocsin run` may be working on this database right now, and
+    # releasing its rows would send them twice. Rows stranded by a crash come back on expiry.
+    relay = app.relay()
+    worker = app.worker()
+    produced = await app.producer().run()
+    published = delivered = 0
+    while True:
+        ticked = await relay.tick()
+        done = await worker.run_until_idle()
+        published += ticked.published
+        delivered += done
+        if ticked.published == 0 and done == 0:
+            return DrainReport(produced, published, delivered)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """Makes SIGTERM and SIGINT set stop, so the process drains and exits 0."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("shutdown_requested", signal=sig.name)
+    stop.set()
+
+
+async def serve_metrics(app: App) -> Any:
+    """Serves /metrics on METRICS_ADDR:METRICS_PORT (0: any free port; -1: not at all)."""
+    if app.settings.metrics_port < 0:
+        return None
+    from prometheus_async.aio.web import start_http_server
+
+    server = await start_http_server(addr=app.settings.metrics_addr, port=app.settings.metrics_port)
+    log.info("metrics_serving", url=server.url)
+    return server
+
+
+def _job_runners(app: App) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """Maps each declared job id to what runs it in this process."""
+    return {PRODUCER_JOB_ID: app.producer().run}
+
+
+async def restore_job_metrics(app: App) -> None:
+    """Loads the producer's last success from the database, so a restart is not "stale"."""
+    finished = await last_success(app.sessions, PRODUCER_JOB_ID)
+    if finished is not None:
+        app.metrics.producer_last_success.set(finished.timestamp())
+        app.metrics.job_last_run.labels(job=PRODUCER_JOB_ID).set(finished.timestamp())
+
+
+def build_scheduler(
+    settings: Settings,
+    runners: Mapping[str, Callable[[], Awaitable[Any]]],
+    wrap: Callable[[JobSpec, Callable[[], Awaitable[Any]]], Callable[[], Awaitable[Any]]],
+) -> AsyncIOScheduler:
+    """Returns a scheduler with every enabled job added (not started)."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    for spec in declared_jobs(settings):
+        if not spec.enabled:
+            log.info("job_skipped", **spec.fields(), why="listed in DISABLED_JOBS")
+            continue
+        scheduler.add_job(
+            wrap(spec, runners[spec.id]),
+            CronTrigger.from_crontab(spec.cron, timezone=UTC),
+            id=spec.id,
+            name=spec.name,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=300,
+        )
+        log.info("job_registered", **spec.fields(), cron=spec.cron)
+    return scheduler
+
+
+def registered_job_ids(settings: Settings) -> set[str]:
+    """Returns the ids a scheduler built from these settings registers (for `jobs check`)."""
+
+    async def nothing() -> None:
+        return None
+
+    runners = {spec.id: nothing for spec in declared_jobs(settings)}
+    scheduler = build_scheduler(settings, runners, lambda _spec, job: job)
+    return {job.id for job in scheduler.get_jobs()}
+
+
+def start_scheduler(app: App) -> AsyncIOScheduler:
+    """Schedules every enabled job on its cron (UTC) and runs each once at start-up."""
+    scheduler = build_scheduler(
+        app.settings, _job_runners(app), lambda spec, job: _telemetered(app, spec, job)
+    )
+    scheduler.start()
+    return scheduler
+
+
+def _telemetered(
+    app: App, spec: JobSpec, job: Callable[[], Awaitable[Any]]
+) -> Callable[[], Awaitable[Any]]:
+    async def run() -> Any:
+        return await run_job(spec, job, metrics=app.metrics, sessions=app.sessions, clock=app.clock)
+
+    return run
+
+
+async def run_forever(
+    app: App, *, producer: bool, worker_channels: Iterable[str] | None, concurrency: int | None
+) -> None:
+    """Runs the chosen roles until SIGTERM/SIGINT, then stops taking work and drains."""
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await app.queue.connect()
+    server = await serve_metrics(app)
+    tasks: list[Awaitable[None]] = []
+    scheduler = None
+    if producer:
+        if app.settings.queue_scheme == "memory":
+            await app.relay().release_all_leases()
+        await restore_job_metrics(app)
+        scheduler = start_scheduler(app)
+        tasks.append(app.relay().run(stop))
+        tasks.append(app.observer().run(stop, app.settings.observe_interval))
+    if worker_channels is not None:
+        tasks.append(app.worker(worker_channels, concurrency=concurrency).run(stop))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        if server is not None:
+            await server.close()
+        log.info("stopped")

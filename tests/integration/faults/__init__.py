@@ -1,0 +1,1 @@
+"""Fault tests: real tocsin processes, brokers and PostgreSQL under kills, restarts and cuts."""

@@ -1,0 +1,196 @@
+"""The producer expands alerts into notifications: preferences, quiet hours, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlmodel import col
+
+from channels.errors import Reason
+from pipeline.alerts import resolve_alert
+from pipeline.clock import ManualClock
+from pipeline.config import Settings
+from pipeline.models import Alert, Notification, State
+from tests.support.pipeline import START, add_alert, add_user, open_app, produced, rows, sample
+
+
+async def test_every_recipient_gets_each_enabled_channel(db_settings: Settings) -> None:
+    async with open_app(db_settings) as app:
+        await add_user(app, "alice", email="alice@example.com")
+        await add_user(app, "carol", channels="system")
+        await add_alert(app, ["alice", "carol"])
+        report = await app.producer().run()
+        found = await rows(app)
+    assert report.alerts == 1 and report.created == 6
+    assert {k: n.state for k, n in found.items()} == {
+        ("alice", "system"): State.PENDING,
+        ("alice", "email"): State.PENDING,
+        ("alice", "wecom"): State.PENDING,
+        ("carol", "system"): State.PENDING,
+        ("carol", "email"): State.SUPPRESSED,
+        ("carol", "wecom"): State.SUPPRESSED,
+    }
+    assert found[("carol", "email")].last_reason == Reason.OPTED_OUT
+
+
+async def test_a_recipient_without_an_address_is_suppressed_as_no_contact(
+    db_settings: Settings,
+) -> None:
+    async with open_app(db_settings) as app:
+        await add_user(app, "dave")
+        await add_alert(app, ["dave"])
+        await app.producer().run()
+        found = await rows(app)
+        created = sample(
+            app.metrics.registry, "tocsin_notifications_created_total", channel="email"
+        )
+        suppressed = sample(
+            app.metrics.registry,
+            "tocsin_notifications_suppressed_total",
+            channel="email",
+            reason="no_contact",
+        )
+    assert found[("dave", "email")].state == State.SUPPRESSED
+    assert found[("dave", "email")].last_reason == Reason.NO_CONTACT
+    assert found[("dave", "wecom")].state == State.PENDING  # the group robot needs no address
+    assert (created, suppressed) == (1, 1)
+
+
+async def test_quiet_hours_defer_push_channels_to_the_window_end(db_settings: Settings) -> None:
+    # START is 12:00 in Shanghai; the window 11:00-13:30 ends at 05:30 UTC.
+    async with open_app(db_settings) as app:
+        await add_user(
+            app, "alice", email="a@example.com", timezone="Asia/Shanghai", quiet_hours="11:00-13:30"
+        )
+        await add_alert(app, ["alice"])
+        report = await app.producer().run()
+        found = await rows(app)
+        deferred = sample(
+            app.metrics.registry, "tocsin_notifications_deferred_total", channel="email"
+        )
+    end = datetime(2026, 11, 23, 5, 30, tzinfo=UTC)
+    assert report.deferred == 2 and deferred == 1
+    assert found[("alice", "email")].not_before == end and found[("alice", "email")].deferred
+    assert found[("alice", "wecom")].not_before == end
+    # The in-app inbox is never deferred.
+    assert found[("alice", "system")].not_before == START
+    assert not found[("alice", "system")].deferred
+
+
+async def test_critical_alerts_bypass_quiet_hours(db_settings: Settings) -> None:
+    async with open_app(db_settings) as app:
+        await add_user(
+            app, "alice", email="a@example.com", timezone="Asia/Shanghai", quiet_hours="11:00-13:30"
+        )
+        await add_alert(app, ["alice"], severity="critical")
+        await app.producer().run()
+        found = await rows(app)
+    assert all(n.not_before == START and not n.deferred for n in found.values())
+
+
+async def test_outside_quiet_hours_nothing_is_deferred(db_settings: Settings) -> None:
+    async with open_app(db_settings) as app:
+        await add_user(
+            app, "alice", email="a@example.com", timezone="Asia/Shanghai", quiet_hours="22:00-07:00"
+        )
+        await add_alert(app, ["alice"])
+        await app.producer().run()
+        found = await rows(app)
+    assert all(n.not_before == START for n in found.values())
+
+
+async def test_running_twice_creates_nothing_new(db_settings: Settings) -> None:
+    async with open_app(db_settings) as app:
+        await add_user(app, "alice", email="a@example.com")
+        await add_alert(app, ["alice"])
+        first = await app.producer().run()
+        second = await app.producer().run()
+        async with app.sessions() as session:
+            count = (await session.execute(select(func.count()).select_from(Notification))).scalar()
+            processed = (await session.execute(select(col(Alert.processed_at)))).scalar()
+    assert (first.created, second.created, second.alerts, count) == (3, 0, 0, 3)
+    assert processed == START
+
+
+async def test_reprocessing_an_alert_hits_the_unique_key_not_a_duplicate(
+    db_settings: Settings,
+) -> None:
+    async with open_app(db_settings) as app:
+        await produced(app, email="a@example.com")
+        async with app.sessions() as session, session.begin():
+            await session.execute(update(Alert).values(processed_at=None))
+        again = await app.producer().run()
+        found = await rows(app)
+        created = sample(
+            app.metrics.registry, "tocsin_notifications_created_total", channel="email"
+        )
+    assert (again.alerts, again.created, again.duplicates) == (1, 0, 3)
+    assert len(found) == 3 and created == 1
+
+
+async def test_two_producers_at_once_create_each_notification_once(db_settings: Settings) -> None:
+    async with open_app(db_settings) as app:
+        for i in range(20):
+            await add_user(app, f"user{i}", email=f"user{i}@example.com")
+        for _ in range(30):
+            await add_alert(app, [f"user{i}" for i in range(20)])
+        first, second = app.producer(), app.producer()
+        reports = await asyncio.gather(first.run(), second.run())
+        async with app.sessions() as session:
+            count = (await session.execute(select(func.count()).select_from(Notification))).scalar()
+    assert count == 30 * 20 * 3
+    assert sum(r.created for r in reports) == count
+    assert sum(r.alerts for r in reports) == 30
+
+
+async def test_batches_until_no_alert_is_left(db_settings: Settings) -> None:
+    settings = db_settings.model_copy(update={"producer_batch_size": 7})
+    async with open_app(settings) as app:
+        await add_user(app, "alice", channels="system")
+        for _ in range(23):
+            await add_alert(app, ["alice"])
+        report = await app.producer().run()
+    assert (report.alerts, report.created) == (23, 69)
+
+
+async def test_an_alert_resolved_before_production_notifies_no_one(db_settings: Settings) -> None:
+    clock = ManualClock(START)
+    async with open_app(db_settings, clock) as app:
+        await add_user(app, "alice", email="a@example.com")
+        alert = await add_alert(app, ["alice"])
+        await resolve_alert(app.sessions, clock, alert.id or 0)
+        await app.producer().run()
+        found = await rows(app)
+    assert {n.state for n in found.values()} == {State.SUPPRESSED}
+    assert {n.last_reason for n in found.values()} == {Reason.ALERT_RESOLVED}
+
+
+async def test_the_producer_records_its_run_in_metrics(db_settings: Settings) -> None:
+    async with open_app(db_settings) as app:
+        await app.producer().run()
+        registry = app.metrics.registry
+        assert sample(registry, "tocsin_producer_runs_total", outcome="success") == 1
+        assert sample(registry, "tocsin_producer_last_success_timestamp_seconds") == (
+            START.timestamp()
+        )
+
+
+async def test_a_replica_skips_the_slot_while_another_holds_the_lock(
+    postgres_settings: Settings,
+) -> None:
+    from sqlalchemy import func as sql_func
+
+    from pipeline.producer import PRODUCER_LOCK_KEY
+
+    async with open_app(postgres_settings) as app:
+        await add_user(app, "alice", channels="system")
+        await add_alert(app, ["alice"])
+        async with app.sessions() as other_replica:
+            await other_replica.execute(select(sql_func.pg_advisory_lock(PRODUCER_LOCK_KEY)))
+            skipped = await app.producer().run()
+            await other_replica.execute(select(sql_func.pg_advisory_unlock(PRODUCER_LOCK_KEY)))
+        ran = await app.producer().run()
+    assert (skipped.alerts, skipped.created) == (0, 0)
+    assert (ran.alerts, ran.created) == (1, 3)

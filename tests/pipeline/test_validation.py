@@ -1,0 +1,176 @@
+"""Input validation: every validator's good values, and each bad value's one-line message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pipeline.models import Severity
+from pipeline.quiet_hours import QuietHours
+from pipeline.validation import (
+    BODY_MAX_BYTES,
+    TITLE_MAX,
+    InputError,
+    validate_body,
+    validate_channels,
+    validate_email,
+    validate_recipients,
+    validate_severity,
+    validate_timezone,
+    validate_title,
+    validate_username,
+    validate_webhook_url,
+)
+
+SECRET = "0a1b2c3d-SECRET-KEY"
+WEBHOOK = f"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={SECRET}"
+
+GOOD: list[tuple[Callable[[Any], Any], Any, Any]] = [
+    (validate_username, "alice", "alice"),
+    (validate_username, " bob.smith@corp-1_x ", "bob.smith@corp-1_x"),
+    (validate_username, "a" * 64, "a" * 64),
+    (validate_email, "Alice@Example.COM", "Alice@example.com"),
+    (validate_email, " ops+alerts@example.org ", "ops+alerts@example.org"),
+    (validate_timezone, "Asia/Shanghai", "Asia/Shanghai"),
+    (validate_timezone, " UTC ", "UTC"),
+    (validate_timezone, "America/Argentina/Buenos_Aires", "America/Argentina/Buenos_Aires"),
+    (validate_severity, "info", Severity.INFO),
+    (validate_severity, "WARNING", Severity.WARNING),
+    (validate_severity, " Critical ", Severity.CRITICAL),
+    (validate_title, "  Disk full on db-1  ", "Disk full on db-1"),
+    (validate_title, "t" * TITLE_MAX, "t" * TITLE_MAX),
+    (validate_title, "磁盘已满", "磁盘已满"),
+    (validate_body, "\nline one\nline two\n", "line one\nline two"),
+    (validate_body, "x" * BODY_MAX_BYTES, "x" * BODY_MAX_BYTES),
+    (validate_channels, "system,email", frozenset({"system", "email"})),
+    (validate_channels, " WeCom , system,", frozenset({"wecom", "system"})),
+    (validate_recipients, ["alice"], ["alice"]),
+    (validate_recipients, ["bob", "alice", "bob", " alice "], ["bob", "alice"]),
+    (validate_webhook_url, f" {WEBHOOK} ", WEBHOOK),
+    (validate_webhook_url, "http://127.0.0.1:8080/hook", "http://127.0.0.1:8080/hook"),
+]
+
+BAD: list[tuple[Callable[[Any], Any], Any, str]] = [
+    (validate_username, "", "username '' is invalid: use 1-64 letters, digits"),
+    (validate_username, "a" * 65, "is invalid: use 1-64 letters"),
+    (validate_username, "bob smith", "username 'bob smith' is invalid"),
+    (validate_username, "bob\nsmith", "username 'bob\\nsmith' is invalid"),
+    (validate_username, "bøb", "username 'bøb' is invalid"),
+    (validate_email, "not-an-email", "email 'not-an-email' is invalid: "),
+    (validate_email, "a@b@c", "email 'a@b@c' is invalid: "),
+    (validate_email, "alice@localhost", "email 'alice@localhost' is invalid: "),
+    (validate_email, "", "email '' is invalid: "),
+    (validate_email, "alice@example.com\r\nBcc: eve@example.com", "email 'alice@example.com\\r"),
+    (validate_timezone, "Mars/Base", "unknown time zone 'Mars/Base': use an IANA name such as"),
+    (validate_timezone, "", "unknown time zone ''"),
+    (validate_timezone, "asia/shanghai", "unknown time zone 'asia/shanghai'"),
+    (validate_timezone, "America", "unknown time zone 'America'"),
+    (validate_timezone, "../../etc/passwd", "unknown time zone '../../etc/passwd'"),
+    (validate_timezone, "localtime", "unknown time zone 'localtime'"),
+    (validate_timezone, "UTC\x00", "unknown time zone 'UTC\\x00'"),
+    (
+        validate_severity,
+        "urgent",
+        "severity 'urgent' is invalid: choose from info, warning, critical",
+    ),
+    (validate_severity, "", "severity '' is invalid"),
+    (validate_title, "", "title must not be empty"),
+    (validate_title, " \t ", "title must not be empty"),
+    (validate_title, "Disk full\r\nBcc: eve@example.com", "title must be a single line"),
+    (validate_title, "Disk\nfull", "title must be a single line"),
+    (validate_title, "Disk\rfull", "title must be a single line"),
+    (validate_title, "Disk\u2028full", "title must be a single line"),
+    (validate_title, "t" * (TITLE_MAX + 1), "title is 201 characters: the limit is 200"),
+    (validate_title, "bad \udcff byte", "title must be valid UTF-8 text"),
+    (validate_body, "", "body must not be empty"),
+    (validate_body, " \n\t ", "body must not be empty"),
+    (
+        validate_body,
+        "x" * (BODY_MAX_BYTES + 1),
+        "body is 65537 bytes of UTF-8: the limit is 65536 bytes",
+    ),
+    # 32,769 characters, but two bytes each in UTF-8.
+    (validate_body, "é" * 32_769, "body is 65538 bytes of UTF-8: the limit is 65536 bytes"),
+    (validate_body, "bad \udcff byte", "body must be valid UTF-8 text"),
+    (validate_channels, "fax", "unknown channel 'fax': choose from system, email, wecom"),
+    (validate_channels, "system,sms", "unknown channel 'sms'"),
+    (validate_channels, "", "channels must name at least one of system, email, wecom"),
+    (validate_channels, " , ", "channels must name at least one of"),
+    (validate_recipients, [], "recipients must name at least one username"),
+    (validate_recipients, ["alice", "bob smith"], "username 'bob smith' is invalid"),
+    (validate_recipients, [""], "username '' is invalid"),
+    (validate_webhook_url, "", "webhook URL must not be empty"),
+    (validate_webhook_url, "qyapi.weixin.qq.com/send?key=x", "webhook URL must be an http://"),
+]
+
+
+def parse_quiet_hours(text: str) -> QuietHours:
+    return QuietHours.parse(text, "Asia/Shanghai")
+
+
+BAD += [
+    (parse_quiet_hours, "22:00 to 07:00", "quiet hours must look like 22:00-07:00"),
+    (parse_quiet_hours, "25:00-07:00", "quiet hours time 25:00 is out of range"),
+    (parse_quiet_hours, "07:00-07:00", "quiet hours 07:00-07:00 start and end at the same time"),
+]
+
+# Every one of these carries the secret key, which must appear in no error.
+BAD_WEBHOOKS = [
+    f"ftp://qyapi.weixin.qq.com/send?key={SECRET}",
+    f"javascript:alert('{SECRET}')",
+    f"https:///send?key={SECRET}",
+    f"https://qyapi.weixin.qq.com:99999/send?key={SECRET}",
+    f"https://qyapi.weixin.qq.com:port/send?key={SECRET}",
+    f"https://[::1/send?key={SECRET}",
+    f"https://qyapi.weixin.qq.com/send?key={SECRET} trailing",
+    f"https://qyapi.weixin.qq.com/send?key={SECRET}\r\nX-Injected: 1",
+    f"https://qyapi.weixin.qq.com/send?pad={'p' * 500}&key={SECRET}",
+]
+
+
+def _id(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@pytest.mark.parametrize(("validator", "value", "expected"), GOOD, ids=_id)
+def test_good_values_pass(validator: Callable[[Any], Any], value: Any, expected: Any) -> None:
+    assert validator(value) == expected
+
+
+@pytest.mark.parametrize(("validator", "value", "message"), BAD, ids=_id)
+def test_bad_values_raise_one_line_input_errors(
+    validator: Callable[[Any], Any], value: Any, message: str
+) -> None:
+    with pytest.raises(InputError) as caught:
+        validator(value)
+    text = str(caught.value)
+    assert text.startswith(message) or message in text
+    assert "\n" not in text
+    assert "\r" not in text
+    assert len(text) < 200
+
+
+@pytest.mark.parametrize("url", BAD_WEBHOOKS, ids=range(len(BAD_WEBHOOKS)))
+def test_webhook_url_errors_never_show_the_url(url: str) -> None:
+    with pytest.raises(InputError) as caught:
+        validate_webhook_url(url)
+    assert str(caught.value).startswith("webhook URL ")
+    assert SECRET not in str(caught.value)
+    assert SECRET not in repr(caught.value)
+    # Nothing chained either: a traceback would print the original exception's message.
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+
+
+def test_input_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="severity"):
+        validate_severity("loud")
+
+
+def test_long_input_is_cut_short_in_messages() -> None:
+    with pytest.raises(InputError) as caught:
+        validate_timezone("Z" * 1000)
+    assert len(str(caught.value)) < 120

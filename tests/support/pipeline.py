@@ -1,0 +1,108 @@
+"""Builds a test pipeline (app, users, alerts) on a real database and loopback servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlmodel import col
+
+from pipeline.alerts import AlertInput, create_alert
+from pipeline.app import App
+from pipeline.clock import ManualClock
+from pipeline.config import EmailSecurity, Settings
+from pipeline.models import Alert, DeliveryAttempt, Notification
+from pipeline.recipients import RecipientInput, RecipientRecord, upsert_recipient
+from tests.support.smtp_server import SmtpSink
+from tests.support.wecom_server import WeComRobot
+
+START = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)  # 12:00 in Asia/Shanghai
+
+
+def with_channels(
+    settings: Settings, smtp: SmtpSink | None = None, robot: WeComRobot | None = None, **extra: Any
+) -> Settings:
+    """Returns settings with e-mail and/or WeCom pointed at the loopback servers."""
+    update: dict[str, Any] = {"retry_jitter": 0.0}
+    if smtp is not None:
+        update |= {
+            "email_enabled": True,
+            "email_smtp_server": smtp.host,
+            "email_smtp_port": smtp.port,
+            "email_security": EmailSecurity.NONE,
+        }
+    if robot is not None:
+        update |= {"wecom_enabled": True, "wecom_webhook_url": SecretStr(robot.webhook_url("k1"))}
+    return settings.model_copy(update=update | extra)
+
+
+@asynccontextmanager
+async def open_app(settings: Settings, clock: ManualClock | None = None) -> AsyncIterator[App]:
+    """Yields a connected app on its own metrics registry and a manual clock."""
+    app = App.create(settings, clock=clock or ManualClock(START), registry=CollectorRegistry())
+    await app.queue.connect()
+    try:
+        yield app
+    finally:
+        await app.aclose()
+
+
+async def add_user(app: App, username: str, **fields: Any) -> RecipientRecord:
+    """Creates a recipient; fields are RecipientInput's (email, channels, quiet_hours, ...)."""
+    return await upsert_recipient(app.sessions, app.clock, RecipientInput(username, **fields))
+
+
+async def add_alert(
+    app: App, recipients: Sequence[str], severity: str = "warning", title: str = "Disk 95% on db-1"
+) -> Alert:
+    """Creates an alert for the recipients."""
+    data = AlertInput(title, f"{title}: details", severity, list(recipients))
+    return await create_alert(app.sessions, app.clock, data)
+
+
+async def produced(app: App, username: str = "alice", **user_fields: Any) -> Alert:
+    """Creates one user and one alert for them, and runs the producer."""
+    await add_user(app, username, **user_fields)
+    alert = await add_alert(app, [username])
+    await app.producer().run()
+    return alert
+
+
+async def rows(app: App) -> dict[tuple[str, str], Notification]:
+    """Returns every notification keyed by (username, channel)."""
+    from pipeline.models import Recipient
+
+    async with app.sessions() as session:
+        result = await session.execute(
+            select(Notification, col(Recipient.username)).join(
+                Recipient, col(Recipient.id) == col(Notification.recipient_id)
+            )
+        )
+        return {(username, n.channel): n for n, username in result}
+
+
+async def attempts_of(app: App, notification_id: int) -> list[DeliveryAttempt]:
+    """Returns the recorded attempts of a notification, in order."""
+    async with app.sessions() as session:
+        result = await session.execute(
+            select(DeliveryAttempt)
+            .where(col(DeliveryAttempt.notification_id) == notification_id)
+            .order_by(col(DeliveryAttempt.id))
+        )
+        return list(result.scalars())
+
+
+async def cycle(app: App) -> int:
+    """Runs one relay pass and delivers until the queues are idle; returns results recorded."""
+    await app.relay().tick()
+    return await app.worker().run_until_idle()
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """Returns a metric sample's value (0 when absent)."""
+    return registry.get_sample_value(name, labels) or 0.0

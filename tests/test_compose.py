@@ -1,0 +1,360 @@
+"""docker-compose.yml is valid Compose and in step with the code it runs.
+
+There is no Docker engine here, so `docker compose config` cannot run: the file is checked
+against the Compose Specification's JSON Schema, and against Settings and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import typer
+import typer.main
+import yaml
+from pydantic import AliasChoices
+
+from monitoring.alertmanager.wecom_relay import settings
+from pipeline.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+SCHEMA = Path(__file__).resolve().parents[2] / "shared/schemas/compose-spec.json"
+# ${VAR}, ${VAR:-default} and ${VAR-default}, as Compose interpolates them.
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+SECRET_NAME = re.compile(r"PASSWORD|PASS$|SECRET|TOKEN|WEBHOOK|KEY$")
+RELAY = "wecom-robot-relay"
+
+
+def _load() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return document
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _load()
+
+
+def _tocsin_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    # The WeCom relay runs from the same image but is no Tocsin process (tested below).
+    return {
+        name: svc for name, svc in compose["services"].items() if "build" in svc and name != RELAY
+    }
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def _interpolate(value: str) -> str:
+    return INTERPOLATION.sub(lambda match: match.group("default") or "", value)
+
+
+def _settings_aliases() -> set[str]:
+    aliases: set[str] = set()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            aliases.update(choice for choice in alias.choices if isinstance(choice, str))
+        elif isinstance(alias, str):
+            aliases.add(alias)
+    return {alias.upper() for alias in aliases}
+
+
+def test_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    if not SCHEMA.is_file():
+        pytest.skip(f"{SCHEMA} is absent")
+    jsonschema = pytest.importorskip("jsonschema")
+
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+
+
+def test_shared_environment_uses_only_settings_names(compose: dict[str, Any]) -> None:
+    shared = compose["x-tocsin-env"]
+    assert set(shared) - _settings_aliases() == set()
+    for name, service in _tocsin_services(compose).items():
+        unknown = set(_environment(service)) - _settings_aliases()
+        assert not unknown, f"{name} sets variables Settings does not read: {unknown}"
+
+
+def test_shared_environment_parses_into_settings(compose: dict[str, Any]) -> None:
+    worker = _environment(compose["services"]["worker"])
+    env = {key: _interpolate(value) for key, value in worker.items()}
+    # model_validate checks exactly these values: no process environment, no .env file.
+    settings = Settings.model_validate(env)
+    assert settings.queue_scheme == "amqp"
+    assert not settings.is_sqlite
+    assert settings.email_enabled
+
+
+def test_urls_and_hosts_name_compose_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    env = {key: _interpolate(value) for key, value in compose["x-tocsin-env"].items()}
+    database = urlsplit(env["DATABASE_URL"])
+    postgres = _environment(services["postgres"])
+    assert database.hostname == "postgres"
+    assert database.username == postgres["POSTGRES_USER"]
+    assert database.password == _interpolate(postgres["POSTGRES_PASSWORD"])
+    assert database.path == f"/{postgres['POSTGRES_DB']}"
+    queue = urlsplit(env["QUEUE_URL"])
+    rabbitmq = {k: _interpolate(v) for k, v in _environment(services["rabbitmq"]).items()}
+    assert queue.hostname == "rabbitmq"
+    assert (queue.username, queue.password) == (
+        rabbitmq["RABBITMQ_DEFAULT_USER"],
+        rabbitmq["RABBITMQ_DEFAULT_PASS"],
+    )
+    assert env["EMAIL_SMTP_SERVER"] in services
+    smtp_ports = {str(port).rsplit(":", 1)[-1] for port in services["mailpit"]["ports"]}
+    assert env["EMAIL_SMTP_PORT"] in smtp_ports
+
+
+def test_dependencies_name_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        missing = set(service.get("depends_on", {})) - set(services)
+        assert not missing, f"{name} depends on unknown services {missing}"
+        for dependency in service.get("depends_on", {}):
+            if dependency not in ("migrate", "mailpit") and dependency in services:
+                assert "healthcheck" in services[dependency], f"{dependency} has no healthcheck"
+
+
+def test_secrets_only_come_from_the_environment(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for key, value in _environment(service).items():
+            if SECRET_NAME.search(key):
+                assert INTERPOLATION.fullmatch(value), f"{name}.{key} holds a literal secret"
+            if key.endswith("_URL"):
+                password = urlsplit(INTERPOLATION.sub("interpolated", value)).password
+                assert password in (None, "interpolated"), f"{name}.{key} embeds a password"
+
+
+def test_metrics_ports_match_metrics_port(compose: dict[str, Any]) -> None:
+    served = 0
+    for name, service in _tocsin_services(compose).items():
+        port = _environment(service).get("METRICS_PORT")
+        if port is None or name == "migrate":
+            continue
+        served += 1
+        assert [str(p) for p in service.get("expose", [])] == [port], name
+        for mapping in service.get("ports", []):
+            assert str(mapping).rsplit(":", 1)[-1] == port, f"{name} publishes {mapping}"
+    assert served >= 2
+    assert f"EXPOSE {compose['x-tocsin-env']['METRICS_PORT']}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_dockerfile_builds_the_package() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    assert "FROM python:3.11-slim" in dockerfile
+    assert re.search(r"pip install .*/tmp/tocsin|pip install \.", dockerfile)
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".venv", ".git", ".env"} <= set(ignored)
+
+
+def _command_path(command: list[str] | str) -> list[str]:
+    words = command.split() if isinstance(command, str) else list(command)
+    assert words[0] == "tocsin", f"{command!r} does not run tocsin"
+    return words[1:]
+
+
+def _subcommands(command: object) -> dict[str, object] | None:
+    # Duck-typed: typer >= 0.2x vendors click (typer._click), so `click` may not import,
+    # and TyperGroup is no longer a click.Group subclass.
+    commands = getattr(command, "commands", None)
+    return commands if isinstance(commands, dict) else None
+
+
+def _cli_app() -> typer.Typer:
+    cli = pytest.importorskip("pipeline.cli")
+    if getattr(cli, "__file__", None) is None:
+        pytest.skip("pipeline.cli has no __init__.py yet (namespace package)")
+    app = getattr(cli, "app", None)
+    assert isinstance(app, typer.Typer), "pipeline.cli must expose its typer app as `app`"
+    return app
+
+
+def test_commands_are_real_cli_commands(compose: dict[str, Any]) -> None:
+    root = typer.main.get_command(_cli_app())
+    for name, service in _tocsin_services(compose).items():
+        current: object = root
+        for word in _command_path(service["command"]):
+            subcommands = _subcommands(current)
+            if word.startswith("-") or subcommands is None:
+                break
+            assert word in subcommands, f"{name}: `{word}` is not a tocsin command"
+            current = subcommands[word]
+        assert _subcommands(current) is None, f"{name} names a group, not a command"
+
+
+# --- monitoring: Prometheus, Alertmanager and Grafana wired to monitoring/ ---------------
+
+MONITORING = {
+    "prometheus": ("prom/prometheus:v2.54.1", "9091:9090"),
+    "alertmanager": ("quay.io/prometheus/alertmanager:v0.27.0", "9093:9093"),
+    "grafana": ("grafana/grafana:11.0.0", "3001:3000"),
+}
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source (a named volume or a ./ path) of a service's volumes."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        mounts[target] = source
+    return mounts
+
+
+def _mounted_file(service: dict[str, Any], container_path: str) -> Path:
+    """The repository file a service sees at container_path through a ./ bind mount."""
+    for target, source in _mounts(service).items():
+        if source.startswith("./") and container_path.startswith(f"{target}/"):
+            return ROOT / source / container_path.removeprefix(f"{target}/")
+    raise AssertionError(f"{container_path} is not in a bind mount")
+
+
+def _flag(service: dict[str, Any], name: str) -> str:
+    args: list[str] = service["command"]
+    (value,) = [arg.split("=", 1)[1] for arg in args if arg.startswith(f"{name}=")]
+    return value
+
+
+def _container_port(service: dict[str, Any]) -> str:
+    (mapping,) = service["ports"]
+    return str(mapping).rsplit(":", 1)[-1]
+
+
+def test_monitoring_services_images_ports_and_volumes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, (image, port) in MONITORING.items():
+        assert services[name]["image"] == image
+        assert services[name]["ports"] == [port]
+        for source in _mounts(services[name]).values():
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    assert _mounts(services["prometheus"])["/prometheus"] == "prometheus_data"
+    assert _mounts(services["grafana"])["/var/lib/grafana"] == "grafana_data"
+    assert {"prometheus_data", "grafana_data"} <= set(compose["volumes"])
+
+
+def test_prometheus_scrapes_the_tocsin_processes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prometheus = services["prometheus"]
+    config = yaml.safe_load(
+        _mounted_file(prometheus, _flag(prometheus, "--config.file")).read_text()
+    )
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    port = compose["x-tocsin-env"]["METRICS_PORT"]
+    for job_name, command in (("tocsin-producer", "producer"), ("tocsin-worker", "worker")):
+        (discovery,) = jobs[job_name]["dns_sd_configs"]
+        (service,) = discovery["names"]
+        assert _command_path(services[service]["command"]) == [command], job_name
+        assert str(discovery["port"]) == port, job_name
+    (alertmanager,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    host, _, am_port = alertmanager.partition(":")
+    assert host in services
+    assert am_port == _container_port(services[host])
+
+
+def test_alertmanager_environment_fills_every_placeholder(compose: dict[str, Any]) -> None:
+    service = compose["services"]["alertmanager"]
+    words: list[str] = [*service["entrypoint"][1:], *service["command"]]
+    render, template, output, binary, *flags = words
+    assert _mounted_file(service, render).name == "render.sh"
+    config = _mounted_file(service, template)
+    assert config.name == "alertmanager.yml"
+    assert binary == "/bin/alertmanager"
+    assert f"--config.file={output}" in flags
+    lines = config.read_text(encoding="utf-8").splitlines()
+    placeholders = {
+        name
+        for line in lines
+        if not line.lstrip().startswith("#")
+        for name in PLACEHOLDER.findall(line)
+    }
+    # ALERT_SMTP_REQUIRE_TLS is read by render.sh itself, not spliced into the file.
+    assert set(_environment(service)) - {"ALERT_SMTP_REQUIRE_TLS"} == placeholders
+
+
+def test_grafana_provisioning_points_at_prometheus_and_the_dashboards(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    grafana = services["grafana"]
+    provisioning = _mounted_file(grafana, "/etc/grafana/provisioning/datasources/prometheus.yml")
+    (datasource,) = yaml.safe_load(provisioning.read_text())["datasources"]
+    url = urlsplit(datasource["url"])
+    assert url.hostname in services
+    assert str(url.port) == _container_port(services[url.hostname])
+    providers = _mounted_file(grafana, "/etc/grafana/provisioning/dashboards/tocsin.yml")
+    (provider,) = yaml.safe_load(providers.read_text())["providers"]
+    dashboards = _mounted_file(grafana, f"{provider['options']['path']}/tocsin-overview.json")
+    assert dashboards.is_file()
+
+
+# --- the WeCom robot relay: Alertmanager's wecom-oncall receiver posts to it ---------------
+
+RELAY_MODULE = "monitoring.alertmanager.wecom_relay"
+RELAY_ENV = {"WECOM_RELAY_LISTEN", "WECOM_ROBOT_BASE_URL", "WECOM_ROBOT_TIMEOUT"}
+
+
+def _relay_settings(compose: dict[str, Any]) -> tuple[str, int, str, float]:
+    env = {k: _interpolate(v) for k, v in _environment(compose["services"][RELAY]).items()}
+    return settings(env)
+
+
+def test_wecom_relay_service_runs_the_relay_alone(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    relay = services[RELAY]
+    assert relay["build"] == services["producer"]["build"]
+    assert relay["image"] == services["producer"]["image"]
+    python, flag, module = relay["command"]
+    assert (python, flag, module) == ("python", "-m", RELAY_MODULE)
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
+    # The image has the module only if the package search picks up monitoring/alertmanager,
+    # a directory without __init__.py: setuptools' pyproject default namespaces = true.
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert find["find"].get("namespaces", True) is True
+    assert any(fnmatch(module.rpartition(".")[0], pattern) for pattern in find["find"]["include"])
+    # Independent of Tocsin: none of its settings, no secret (the key comes with each request).
+    env = _environment(relay)
+    assert set(env) <= RELAY_ENV
+    assert not set(env) & set(compose["x-tocsin-env"])
+    assert "depends_on" not in relay
+    host, port, base_url, _ = _relay_settings(compose)
+    assert host == "0.0.0.0"
+    assert base_url == "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
+    assert [str(p) for p in relay["expose"]] == [str(port)]
+    assert "ports" not in relay, "the relay needs no published port"
+    probe = " ".join(relay["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/healthz" in probe
+
+
+def test_alertmanager_receiver_posts_to_the_relay(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    alertmanager = services["alertmanager"]
+    assert RELAY in alertmanager["depends_on"]
+    # A relay that cannot start must not keep Alertmanager (and its e-mail) down.
+    assert alertmanager["depends_on"][RELAY]["condition"] == "service_started"
+    template = _mounted_file(alertmanager, alertmanager["command"][0])
+    config = yaml.safe_load(template.read_text(encoding="utf-8"))
+    (receiver,) = [r for r in config["receivers"] if r["name"] == "wecom-oncall"]
+    (webhook,) = receiver["webhook_configs"]
+    url = urlsplit(webhook["url"])
+    _, port, _, _ = _relay_settings(compose)
+    assert url.hostname == RELAY
+    assert url.port == port
+    assert url.path == "/alertmanager"
+    assert url.query == "key=${ALERT_WECOM_ROBOT_KEY}"

@@ -1,0 +1,1 @@
+"""Workers: consume per-channel queues, claim, render, send and record each notification."""

@@ -1,0 +1,121 @@
+"""Claims a batch of queued notifications for this worker and loads what rendering needs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from channels.base import Delivery
+from channels.errors import Reason
+from pipeline.db import SessionFactory
+from pipeline.models import Alert, Notification, NotificationSettings, Outcome, Recipient, State
+from pipeline.preferences import enabled_channels
+from pipeline.producer import alert_suppression
+from pipeline.sql import first_ints
+from workers.outcome import AttemptResult
+
+
+@dataclass
+class Claim:
+    """The outcome of claiming a batch of message ids."""
+
+    token: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    # Claimed, but no longer to be sent: alert resolved or recipient opted out since.
+    suppressed: list[AttemptResult] = field(default_factory=list)
+    # Rows that exist but were not QUEUED: a duplicate or late message; acknowledge and drop.
+    stale: set[int] = field(default_factory=set)
+    # Ids with no row at all: the message is poison.
+    unknown: set[int] = field(default_factory=set)
+
+
+async def claim(
+    sessions: SessionFactory, ids: Sequence[int], now: datetime, lease: timedelta
+) -> Claim:
+    """Moves QUEUED rows to SENDING under one token, in one transaction (guarded by state)."""
+    result = Claim(token=uuid.uuid4().hex)
+    async with sessions() as session, session.begin():
+        claimed = await _take(session, ids, result.token, now + lease, now)
+        await _sort_unclaimed(session, set(ids) - claimed, result)
+        if claimed:
+            await _load(session, claimed, now, result)
+    return result
+
+
+async def _take(
+    session: AsyncSession, ids: Sequence[int], token: str, lease_until: datetime, now: datetime
+) -> set[int]:
+    rows = await session.execute(
+        update(Notification)
+        .where(col(Notification.id).in_(ids), col(Notification.state) == State.QUEUED.value)
+        .values(
+            state=State.SENDING.value, claim_token=token, lease_until=lease_until, updated_at=now
+        )
+        .returning(col(Notification.id))
+    )
+    return set(first_ints(rows))
+
+
+async def _sort_unclaimed(session: AsyncSession, unclaimed: set[int], result: Claim) -> None:
+    if not unclaimed:
+        return
+    existing = await session.execute(
+        select(col(Notification.id)).where(col(Notification.id).in_(unclaimed))
+    )
+    result.stale = set(first_ints(existing))
+    result.unknown = unclaimed - result.stale
+
+
+async def _load(session: AsyncSession, ids: set[int], now: datetime, result: Claim) -> None:
+    statement = (
+        select(Notification, Alert, Recipient, NotificationSettings)
+        .join(Alert, col(Alert.id) == col(Notification.alert_id))
+        .join(Recipient, col(Recipient.id) == col(Notification.recipient_id))
+        .outerjoin(
+            NotificationSettings, col(NotificationSettings.recipient_id) == col(Recipient.id)
+        )
+        .where(col(Notification.id).in_(ids))
+        .order_by(col(Notification.id))
+    )
+    for notification, alert, recipient, settings in await session.execute(statement):
+        delivery = _delivery(notification, alert, recipient)
+        reason = _suppression(alert, settings, notification.channel, now)
+        if reason is None:
+            result.deliveries.append(delivery)
+        else:
+            result.suppressed.append(
+                AttemptResult(delivery, Outcome.SUPPRESSED, now, 0.0, reason=reason)
+            )
+
+
+def _suppression(
+    alert: Alert, settings: NotificationSettings | None, channel: str, now: datetime
+) -> Reason | None:
+    # Checked again at send time: preferences and alert state may have changed since.
+    if channel not in enabled_channels(settings):
+        return Reason.OPTED_OUT
+    return alert_suppression(alert, now)
+
+
+def _delivery(notification: Notification, alert: Alert, recipient: Recipient) -> Delivery:
+    return Delivery(
+        notification_id=notification.id or 0,
+        channel=notification.channel,
+        attempt=notification.attempts + 1,
+        alert_id=alert.id or 0,
+        title=alert.title,
+        body=alert.body,
+        severity=alert.severity,
+        alert_created_at=alert.created_at,
+        recipient_id=recipient.id or 0,
+        username=recipient.username,
+        email=recipient.email,
+        wecom_userid=recipient.wecom_userid,
+        wecom_webhook=recipient.wecom_webhook,
+    )

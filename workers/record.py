@@ -1,0 +1,147 @@
+"""Records a batch of attempt results: new row states and attempt rows, in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from monitoring.metrics import Metrics
+from pipeline.db import SessionFactory
+from pipeline.models import DeliveryAttempt, Notification, Outcome, State
+from pipeline.sql import first_ints
+from workers.outcome import AttemptResult, Transition, decide
+from workers.retry import RetryPolicy
+
+log = structlog.get_logger("tocsin.worker")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One result together with the transition it led to, and whether the row took it."""
+
+    result: AttemptResult
+    transition: Transition
+    applied: bool
+
+
+async def record(
+    sessions: SessionFactory,
+    results: Sequence[AttemptResult],
+    token: str,
+    policy: RetryPolicy,
+    now: datetime,
+    worker: str,
+) -> list[Recorded]:
+    """Applies every result whose claim still holds; a late result (lease lost) is discarded."""
+    if not results:
+        return []
+    async with sessions() as session, session.begin():
+        held = await _still_held(session, [r.delivery.notification_id for r in results], token)
+        recorded = [
+            Recorded(
+                r,
+                decide(r, r.delivery.attempt - 1, now, policy),
+                r.delivery.notification_id in held,
+            )
+            for r in results
+        ]
+        changes = [_values(item, now) for item in recorded if item.applied]
+        if changes:
+            # ORM bulk UPDATE by primary key: one executemany per shape of values.
+            await session.execute(update(Notification), changes)
+        attempts = [_attempt_row(r, worker) for r in results if r.outcome is not Outcome.SUPPRESSED]
+        if attempts:
+            await session.execute(insert(DeliveryAttempt), attempts)
+    return recorded
+
+
+async def _still_held(session: AsyncSession, ids: list[int], token: str) -> set[int]:
+    """Returns the ids this claim still holds, locked until commit (a late claim holds none)."""
+    rows = await session.execute(
+        select(col(Notification.id))
+        .where(
+            col(Notification.id).in_(ids),
+            col(Notification.state) == State.SENDING.value,
+            col(Notification.claim_token) == token,
+        )
+        .with_for_update()
+    )
+    return set(first_ints(rows))
+
+
+def _values(item: Recorded, now: datetime) -> dict[str, object]:
+    transition = item.transition
+    values: dict[str, object] = {
+        "id": item.result.delivery.notification_id,
+        "state": transition.state.value,
+        "attempts": transition.attempts,
+        "last_reason": transition.reason.value if transition.reason else None,
+        "last_error": transition.detail or None,
+        "lease_until": None,
+        "claim_token": None,
+        "updated_at": now,
+    }
+    if transition.not_before is not None:
+        values["not_before"] = transition.not_before
+    if transition.sent_at is not None:
+        values["sent_at"] = transition.sent_at
+    return values
+
+
+def _attempt_row(result: AttemptResult, worker: str) -> dict[str, object]:
+    return {
+        "notification_id": result.delivery.notification_id,
+        "attempt": result.delivery.attempt,
+        "channel": result.delivery.channel,
+        "started_at": result.started_at,
+        "duration_seconds": result.duration_seconds,
+        "outcome": result.outcome.value,
+        "reason": result.reason.value if result.reason else None,
+        "detail": result.detail or None,
+        "worker": worker,
+    }
+
+
+def report(recorded: Sequence[Recorded], metrics: Metrics, now: datetime) -> None:
+    """Counts and logs each recorded result: one log line per delivery."""
+    for item in recorded:
+        _count(item, metrics, now)
+        result, transition = item.result, item.transition
+        log.info(
+            "delivery",
+            id=result.delivery.notification_id,
+            channel=result.delivery.channel,
+            attempt=result.delivery.attempt,
+            duration_ms=round(result.duration_seconds * 1000, 2),
+            outcome=result.outcome.value,
+            reason=result.reason.value if result.reason else None,
+            state=transition.state.value if item.applied else "discarded_late_result",
+            not_before=transition.not_before.isoformat() if transition.not_before else None,
+        )
+
+
+def _count(item: Recorded, metrics: Metrics, now: datetime) -> None:
+    result, transition = item.result, item.transition
+    channel = result.delivery.channel
+    reason = result.reason.value if result.reason else None
+    if result.outcome is Outcome.SUPPRESSED:
+        if item.applied and reason:
+            metrics.record_suppressed(channel, reason)
+        return
+    metrics.record_attempt(channel, result.outcome, reason, result.duration_seconds)
+    if not item.applied:
+        return
+    if transition.state is State.SENT:
+        metrics.record_sent(channel, (now - result.delivery.alert_created_at).total_seconds())
+    elif transition.state is State.DEAD:
+        metrics.record_dead(channel, reason or "none")
+    elif result.outcome is Outcome.RATE_LIMITED:
+        metrics.record_rate_limited(channel)
+    else:
+        metrics.record_retry(channel, reason or "none")

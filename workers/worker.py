@@ -1,0 +1,231 @@
+"""The worker loop: per-channel consumers, bounded concurrency, burst mode, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from channels.base import Channel, Delivery
+from monitoring.metrics import Metrics
+from pipeline.clock import Clock
+from pipeline.db import SessionFactory
+from pipeline.queues.base import PoisonMessage, Queue, ReceivedMessage, decode_message
+from pipeline.redact import Redactor
+from workers.claim import Claim, claim
+from workers.outcome import AttemptResult
+from workers.record import record, report
+from workers.retry import RetryPolicy
+from workers.send import attempt
+
+log = structlog.get_logger("tocsin.worker")
+
+# After a database error the batch goes back to the queue; pause so we do not spin on it.
+_ERROR_PAUSE = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How hard and how long a worker works."""
+
+    name: str
+    concurrency: int = 16
+    batch_size: int = 64
+    send_timeout: timedelta = timedelta(seconds=30)
+    send_lease: timedelta = timedelta(minutes=2)
+    shutdown_grace: timedelta = timedelta(seconds=25)
+    # How long a receive waits before the consumer checks for shutdown.
+    receive_timeout: float = 1.0
+    # In burst mode, how long an empty receive waits before the queue counts as idle.
+    idle_timeout: float = 1.0
+
+
+class Worker:
+    """Consumes the queues of its channels and delivers each notification at least once."""
+
+    def __init__(
+        self,
+        *,
+        sessions: SessionFactory,
+        queue: Queue,
+        channels: Mapping[str, Channel],
+        clock: Clock,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        redact: Redactor,
+        config: WorkerConfig,
+    ) -> None:
+        self._sessions = sessions
+        self._queue = queue
+        self._channels = channels
+        self._clock = clock
+        self._policy = policy
+        self._metrics = metrics
+        self._redact = redact
+        self._config = config
+        self._stopping = asyncio.Event()
+        self._sends = {name: asyncio.Semaphore(config.concurrency) for name in channels}
+        self.delivered = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Works until stop is set, then finishes in-flight sends within the shutdown grace."""
+        consumers = [
+            asyncio.create_task(self._consume(name, burst=False), name=f"consume-{name}")
+            for name in self._channels
+        ]
+        await stop.wait()
+        log.info("worker_draining", grace_seconds=self._config.shutdown_grace.total_seconds())
+        self._stopping.set()
+        await asyncio.gather(*consumers, return_exceptions=True)
+
+    async def run_until_idle(self) -> int:
+        """Delivers until every channel queue is empty; returns how many results were recorded."""
+        before = self.delivered
+        await asyncio.gather(*(self._consume(name, burst=True) for name in self._channels))
+        return self.delivered - before
+
+    async def _consume(self, channel: str, *, burst: bool) -> None:
+        # Twice the send concurrency in messages, in batches of at most the concurrency: one
+        # batch is claimed or recorded while another is sending.
+        window = 2 * self._config.concurrency
+        batch = min(self._config.batch_size, self._config.concurrency)
+        slots = asyncio.Semaphore(window)
+        tasks: set[asyncio.Task[None]] = set()
+        timeout = self._config.idle_timeout if burst else self._config.receive_timeout
+        while not self._stopping.is_set():
+            taken = await _take_slots(slots, batch)
+            try:
+                # Inside the loop: a broker that is down at start-up is retried, not fatal.
+                await self._queue.subscribe(channel, window)
+                messages = await self._queue.receive(channel, taken, timeout)
+            except Exception:
+                log.exception("queue_receive_failed", channel=channel)
+                messages = []
+                await asyncio.sleep(_ERROR_PAUSE)
+            for _ in range(taken - len(messages)):
+                slots.release()
+            if messages:
+                task = asyncio.create_task(self._handle(channel, messages, slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            elif burst and not tasks:
+                return
+            elif burst:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await self._drain(tasks)
+
+    async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=self._config.shutdown_grace.total_seconds())
+        for task in late:
+            task.cancel()
+        if late:
+            # Their rows stay SENDING until the lease expires; the relay then republishes them.
+            log.warning("worker_drain_deadline", cancelled=len(late))
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _handle(
+        self, channel: str, messages: list[ReceivedMessage], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._deliver_batch(channel, messages)
+        except asyncio.CancelledError:
+            await _settle(messages, requeue=True)
+            raise
+        except Exception:
+            log.exception("worker_batch_failed", channel=channel, messages=len(messages))
+            await _settle(messages, requeue=True)
+            await asyncio.sleep(_ERROR_PAUSE)
+        finally:
+            for _ in messages:
+                slots.release()
+
+    async def _deliver_batch(self, channel: str, messages: list[ReceivedMessage]) -> None:
+        by_id = await self._decode(channel, messages)
+        if not by_id:
+            return
+        claimed = await self.deliver(channel, list(by_id))
+        await self._reject_unknown(channel, claimed, by_id)
+        # Acknowledged only now that the outcome is committed: a crash before this redelivers.
+        await _settle([m for i, ms in by_id.items() if i not in claimed.unknown for m in ms])
+
+    async def deliver(self, channel: str, ids: Sequence[int]) -> Claim:
+        """Claims, sends and records QUEUED rows by id (also the relay's inline fallback)."""
+        now = self._clock.now()
+        claimed = await claim(self._sessions, ids, now, self._config.send_lease)
+        results = await self._send_all(channel, claimed)
+        recorded = await record(
+            self._sessions,
+            results,
+            claimed.token,
+            self._policy,
+            self._clock.now(),
+            self._config.name,
+        )
+        report(recorded, self._metrics, self._clock.now())
+        self.delivered += len(recorded)
+        return claimed
+
+    async def _decode(
+        self, channel: str, messages: list[ReceivedMessage]
+    ) -> dict[int, list[ReceivedMessage]]:
+        by_id: dict[int, list[ReceivedMessage]] = {}
+        for message in messages:
+            try:
+                by_id.setdefault(decode_message(message.body), []).append(message)
+            except PoisonMessage as exc:
+                log.error("poison_message", channel=channel, error=str(exc))
+                self._metrics.record_poison(channel)
+                await message.reject()
+        return by_id
+
+    async def _reject_unknown(
+        self, channel: str, claimed: Claim, by_id: dict[int, list[ReceivedMessage]]
+    ) -> None:
+        for notification_id in claimed.unknown:
+            log.error("poison_message", channel=channel, error=f"no notification {notification_id}")
+            self._metrics.record_poison(channel)
+            for message in by_id[notification_id]:
+                await message.reject()
+        if claimed.stale:
+            log.info("duplicate_messages_dropped", channel=channel, count=len(claimed.stale))
+
+    async def _send_all(self, channel: str, claimed: Claim) -> list[AttemptResult]:
+        sent = await asyncio.gather(*(self._send_one(channel, d) for d in claimed.deliveries))
+        return [*sent, *claimed.suppressed]
+
+    async def _send_one(self, channel: str, delivery: Delivery) -> AttemptResult:
+        timeout = self._config.send_timeout.total_seconds()
+        gauge = self._metrics.in_flight.labels(channel=channel)
+        async with self._sends[channel]:
+            gauge.inc()
+            try:
+                return await attempt(
+                    self._channels[channel], delivery, self._clock, timeout, self._redact
+                )
+            finally:
+                gauge.dec()
+
+
+async def _take_slots(slots: asyncio.Semaphore, most: int) -> int:
+    """Waits for one free slot, then takes as many more as are free at once, up to most."""
+    await slots.acquire()
+    taken = 1
+    while taken < most and not slots.locked():
+        await slots.acquire()
+        taken += 1
+    return taken
+
+
+async def _settle(messages: Sequence[ReceivedMessage], *, requeue: bool = False) -> None:
+    # A failed ack is harmless (the row is already recorded; a redelivery is dropped as stale),
+    # so it is logged and the rest are still settled.
+    for message in messages:
+        try:
+            await (message.requeue() if requeue else message.ack())
+        except Exception as exc:
+            log.warning("queue_settle_failed", requeue=requeue, error=type(exc).__name__)
