@@ -30,6 +30,8 @@ SUPPRESSION_REASONS = (
     Reason.RECIPIENT_REMOVED,
 )
 
+# The worker's database steps a retry counter is kept for.
+DATABASE_STEPS = ("claim", "record")
 
 # The _created series double the exposition and no panel or rule reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -76,6 +78,16 @@ class Metrics:
         self.dead = c("dead_lettered_total", "Notifications dead-lettered.", ["channel", "reason"])
         self.replayed = c("dead_letters_replayed_total", "Dead letters replayed.", ["channel"])
         self.in_flight = g("worker_in_flight", "Sends in progress.", ["channel"])
+        self.abandoned = c(
+            "worker_sends_abandoned_total",
+            "Claimed sends not started because the lease would run out first.",
+            ["channel"],
+        )
+        self.database_retries = c(
+            "worker_database_retries_total",
+            "Claim or record steps retried because the database was unreachable.",
+            ["channel", "step"],
+        )
         self.poison = c(
             "poison_messages_total", "Queue messages that could not be decoded.", ["channel"]
         )
@@ -161,8 +173,11 @@ class Metrics:
                 self.attempt_seconds,
                 self.latency,
                 self.in_flight,
+                self.abandoned,
             ):
                 metric.labels(channel=channel)
+            for step in DATABASE_STEPS:
+                self.database_retries.labels(channel=channel, step=step)
             for reason in SUPPRESSION_REASONS:
                 self.suppressed.labels(channel=channel, reason=reason.value)
             self.attempts.labels(channel=channel, outcome=Outcome.SENT.value, reason=NO_REASON)
@@ -217,6 +232,12 @@ class Metrics:
 
     def record_replayed(self, channel: str, count: int = 1) -> None:
         self.replayed.labels(channel=channel).inc(count)
+
+    def record_abandoned(self, channel: str, count: int) -> None:
+        self.abandoned.labels(channel=channel).inc(count)
+
+    def record_database_retry(self, channel: str, step: str) -> None:
+        self.database_retries.labels(channel=channel, step=step).inc()
 
     def record_poison(self, channel: str) -> None:
         self.poison.labels(channel=channel).inc()

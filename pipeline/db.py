@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 # SQLAlchemy's session, not SQLModel's: SQLModel's execute() warns on every call.
 from sqlalchemy.ext.asyncio import (
@@ -85,3 +86,20 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(settings), revision)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True when exc means the database could not be reached, not that the statement was wrong.
+
+    Such a step is worth retrying as it is; anything else (a constraint, a bug) is not.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError) and (
+            seen.connection_invalidated or isinstance(seen, (OperationalError, InterfaceError))
+        ):
+            return True
+        if isinstance(seen, (OSError, TimeoutError)):
+            return True
+        seen = seen.__cause__
+    return False

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, and_, select, update
 from sqlmodel import col
 
 from monitoring.metrics import Metrics
+from pipeline.backoff import backoff_delay
 from pipeline.clock import Clock
 from pipeline.config import Settings
 from pipeline.db import SessionFactory
@@ -94,7 +95,7 @@ class Relay:
                 log.exception("relay_tick_failed")
                 failed = 1
             failures = failures + 1 if failed else 0
-            wait = min(interval * 2 ** min(failures, 10), MAX_BACKOFF) if failures else interval
+            wait = backoff_delay(failures, interval, MAX_BACKOFF)
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
 
@@ -169,8 +170,13 @@ class Relay:
         except QueueUnavailable as exc:
             self._metrics.publish_failures.labels(channel=channel).inc(len(ids))
             self._metrics.broker_up.set(0)
-            log.error("relay_publish_failed", channel=channel, count=len(ids), error=str(exc),
-                      fallback="inline" if self._inline else "none")
+            log.error(
+                "relay_publish_failed",
+                channel=channel,
+                count=len(ids),
+                error=str(exc),
+                fallback="inline" if self._inline else "none",
+            )
             if self._inline is not None:
                 return await self._deliver_inline(channel, ids)
             await self._back_to_pending(ids)

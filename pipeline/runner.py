@@ -18,6 +18,7 @@ from pipeline.app import App
 from pipeline.config import Settings
 from pipeline.jobs import PRODUCER_JOB_ID, JobSpec, declared_jobs, last_success, run_job
 from pipeline.producer import ProducerReport
+from pipeline.queues.base import QueueUnavailable
 
 log = structlog.get_logger("tocsin.runner")
 
@@ -139,13 +140,23 @@ def _telemetered(
     return run
 
 
+async def _connect_queue(app: App) -> None:
+    # A broker that is down must not keep the processes from starting: the relay keeps rows in
+    # the database (or delivers inline), the worker retries, and both connect once it is back.
+    try:
+        await app.queue.connect()
+    except QueueUnavailable as exc:
+        app.metrics.broker_up.set(0)
+        log.warning("queue_unavailable_at_start", error=str(exc), retrying=True)
+
+
 async def run_forever(
     app: App, *, producer: bool, worker_channels: Iterable[str] | None, concurrency: int | None
 ) -> None:
     """Runs the chosen roles until SIGTERM/SIGINT, then stops taking work and drains."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
-    await app.queue.connect()
+    await _connect_queue(app)
     server = await serve_metrics(app)
     tasks: list[Awaitable[None]] = []
     scheduler = None

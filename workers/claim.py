@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -26,6 +26,8 @@ class Claim:
     """The outcome of claiming a batch of message ids."""
 
     token: str
+    # Sends may start only while they can finish before this; later the relay owns the row.
+    lease_until: datetime
     deliveries: list[Delivery] = field(default_factory=list)
     # Claimed, but no longer to be sent: alert resolved or recipient opted out since.
     suppressed: list[AttemptResult] = field(default_factory=list)
@@ -35,13 +37,22 @@ class Claim:
     unknown: set[int] = field(default_factory=set)
 
 
+def new_token() -> str:
+    """Returns a fresh claim token."""
+    return uuid.uuid4().hex
+
+
 async def claim(
-    sessions: SessionFactory, ids: Sequence[int], now: datetime, lease: timedelta
+    sessions: SessionFactory, ids: Sequence[int], now: datetime, lease: timedelta, token: str
 ) -> Claim:
-    """Moves QUEUED rows to SENDING under one token, in one transaction (guarded by state)."""
-    result = Claim(token=uuid.uuid4().hex)
+    """Moves QUEUED rows to SENDING under token, in one transaction (guarded by state).
+
+    Rows already SENDING under the same token count as claimed, so a claim whose commit was
+    lost with the connection can be retried as it is.
+    """
+    result = Claim(token=token, lease_until=now + lease)
     async with sessions() as session, session.begin():
-        claimed = await _take(session, ids, result.token, now + lease, now)
+        claimed = await _take(session, ids, token, result.lease_until, now)
         await _sort_unclaimed(session, set(ids) - claimed, result)
         if claimed:
             await _load(session, claimed, now, result)
@@ -53,7 +64,16 @@ async def _take(
 ) -> set[int]:
     rows = await session.execute(
         update(Notification)
-        .where(col(Notification.id).in_(ids), col(Notification.state) == State.QUEUED.value)
+        .where(
+            col(Notification.id).in_(ids),
+            or_(
+                col(Notification.state) == State.QUEUED.value,
+                and_(
+                    col(Notification.state) == State.SENDING.value,
+                    col(Notification.claim_token) == token,
+                ),
+            ),
+        )
         .values(
             state=State.SENDING.value, claim_token=token, lease_until=lease_until, updated_at=now
         )

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
 
 from channels.base import Channel, Delivery
 from monitoring.metrics import Metrics
+from pipeline.backoff import backoff_delay
 from pipeline.clock import Clock
-from pipeline.db import SessionFactory
-from pipeline.queues.base import PoisonMessage, Queue, ReceivedMessage, decode_message
+from pipeline.db import SessionFactory, database_unavailable
+from pipeline.queues.base import (
+    PoisonMessage,
+    Queue,
+    QueueUnavailable,
+    ReceivedMessage,
+    decode_message,
+)
 from pipeline.redact import Redactor
-from workers.claim import Claim, claim
+from pipeline.validation import InputError
+from workers.claim import Claim, claim, new_token
 from workers.outcome import AttemptResult
 from workers.record import record, report
 from workers.retry import RetryPolicy
@@ -23,8 +33,13 @@ from workers.send import attempt
 
 log = structlog.get_logger("tocsin.worker")
 
-# After a database error the batch goes back to the queue; pause so we do not spin on it.
+# After an unexpected error the batch goes back to the queue; pause so we do not spin on it.
+# Also the first wait before a database step is retried, doubling up to the maximum.
 _ERROR_PAUSE = 1.0
+_MAX_DATABASE_BACKOFF = 30.0
+_MAX_BROKER_BACKOFF = 10.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,16 @@ class WorkerConfig:
     receive_timeout: float = 1.0
     # In burst mode, how long an empty receive waits before the queue counts as idle.
     idle_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        # A claimed batch may wait for the batch before it to finish sending (the window is two
+        # batches), and a send may start only if it can end within the lease.
+        if self.send_lease < 2 * self.send_timeout:
+            raise InputError(
+                f"SEND_LEASE ({self.send_lease.total_seconds():g}s) must be at least twice"
+                f" SEND_TIMEOUT ({self.send_timeout.total_seconds():g}s): sends that could not"
+                " finish within the lease are given up and wait for it to expire"
+            )
 
 
 class Worker:
@@ -95,16 +120,18 @@ class Worker:
         slots = asyncio.Semaphore(window)
         tasks: set[asyncio.Task[None]] = set()
         timeout = self._config.idle_timeout if burst else self._config.receive_timeout
+        failures = 0
         while not self._stopping.is_set():
             taken = await _take_slots(slots, batch)
             try:
                 # Inside the loop: a broker that is down at start-up is retried, not fatal.
                 await self._queue.subscribe(channel, window)
                 messages = await self._queue.receive(channel, taken, timeout)
-            except Exception:
-                log.exception("queue_receive_failed", channel=channel)
+                failures = 0
+            except Exception as exc:
                 messages = []
-                await asyncio.sleep(_ERROR_PAUSE)
+                await self._after_receive_failed(channel, exc, failures)
+                failures += 1
             for _ in range(taken - len(messages)):
                 slots.release()
             if messages:
@@ -116,6 +143,16 @@ class Worker:
             elif burst:
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         await self._drain(tasks)
+
+    async def _after_receive_failed(self, channel: str, exc: Exception, failures: int) -> None:
+        delay = backoff_delay(failures, _ERROR_PAUSE, _MAX_BROKER_BACKOFF)
+        if isinstance(exc, QueueUnavailable):
+            log.warning("queue_unavailable", channel=channel, error=str(exc), retry_in=delay)
+        else:
+            log.exception("queue_receive_failed", channel=channel, retry_in=delay)
+        # Wakes early on shutdown: a worker waiting for a broker still exits promptly.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
 
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
         if not tasks:
@@ -154,21 +191,48 @@ class Worker:
         await _settle([m for i, ms in by_id.items() if i not in claimed.unknown for m in ms])
 
     async def deliver(self, channel: str, ids: Sequence[int]) -> Claim:
-        """Claims, sends and records QUEUED rows by id (also the relay's inline fallback)."""
-        now = self._clock.now()
-        claimed = await claim(self._sessions, ids, now, self._config.send_lease)
+        """Claims, sends and records QUEUED rows by id (also the relay's inline fallback).
+
+        While the database is unreachable the claim and the record are retried with backoff
+        and the batch's messages stay unsettled: requeueing them would spend the broker's
+        delivery limit on an outage and dead-letter valid messages.
+        """
+        token, lease = new_token(), self._config.send_lease
+        claimed = await self._persistently(
+            channel, "claim", lambda: claim(self._sessions, ids, self._clock.now(), lease, token)
+        )
         results = await self._send_all(channel, claimed)
-        recorded = await record(
-            self._sessions,
-            results,
-            claimed.token,
-            self._policy,
-            self._clock.now(),
-            self._config.name,
+        recorded = await self._persistently(
+            channel,
+            "record",
+            lambda: record(
+                self._sessions, results, token, self._policy, self._clock.now(), self._config.name
+            ),
         )
         report(recorded, self._metrics, self._clock.now())
         self.delivered += len(recorded)
         return claimed
+
+    async def _persistently(self, channel: str, step: str, run: Callable[[], Awaitable[T]]) -> T:
+        failures = 0
+        while True:
+            try:
+                return await run()
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                delay = backoff_delay(failures, _ERROR_PAUSE, _MAX_DATABASE_BACKOFF)
+                failures += 1
+                self._metrics.record_database_retry(channel, step)
+                log.warning(
+                    "database_unavailable",
+                    channel=channel,
+                    step=step,
+                    failures=failures,
+                    retry_in=delay,
+                    error=self._redact(f"{type(exc).__name__}: {exc}")[:300],
+                )
+                await asyncio.sleep(delay)
 
     async def _decode(
         self, channel: str, messages: list[ReceivedMessage]
@@ -195,17 +259,34 @@ class Worker:
             log.info("duplicate_messages_dropped", channel=channel, count=len(claimed.stale))
 
     async def _send_all(self, channel: str, claimed: Claim) -> list[AttemptResult]:
-        sent = await asyncio.gather(*(self._send_one(channel, d) for d in claimed.deliveries))
+        sends = await asyncio.gather(
+            *(self._send_one(channel, d, claimed.lease_until) for d in claimed.deliveries)
+        )
+        sent = [result for result in sends if result is not None]
+        if abandoned := len(sends) - len(sent):
+            # A stall (GC, SIGSTOP, an overloaded host) ate the lease: the relay hands these
+            # rows to another worker, so sending them now could deliver them twice.
+            log.warning("sends_abandoned", channel=channel, count=abandoned, why="lease ran out")
+            self._metrics.record_abandoned(channel, abandoned)
         return [*sent, *claimed.suppressed]
 
-    async def _send_one(self, channel: str, delivery: Delivery) -> AttemptResult:
-        timeout = self._config.send_timeout.total_seconds()
+    async def _send_one(
+        self, channel: str, delivery: Delivery, lease_until: datetime
+    ) -> AttemptResult | None:
+        """Sends one delivery, or returns None if its lease could run out before it finished."""
+        timeout = self._config.send_timeout
         gauge = self._metrics.in_flight.labels(channel=channel)
         async with self._sends[channel]:
+            if self._clock.now() + timeout > lease_until:
+                return None
             gauge.inc()
             try:
                 return await attempt(
-                    self._channels[channel], delivery, self._clock, timeout, self._redact
+                    self._channels[channel],
+                    delivery,
+                    self._clock,
+                    timeout.total_seconds(),
+                    self._redact,
                 )
             finally:
                 gauge.dec()

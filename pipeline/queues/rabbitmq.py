@@ -169,6 +169,12 @@ class AmqpQueue(Queue):
             self._channel_names = CHANNEL_NAMES
         return self._channel_names
 
+    async def _connected(self) -> AbstractRobustConnection:
+        """Connects first if no connection was ever made (the broker was down at start-up)."""
+        if self._connection is None:
+            await self.connect()
+        return self._live_connection()
+
     def _live_connection(self) -> AbstractRobustConnection:
         # Fails at once while the robust connection is reconnecting, rather than after a timeout.
         if self._connection is None:
@@ -184,6 +190,7 @@ class AmqpQueue(Queue):
         return amqp_channel
 
     async def publish(self, channel: str, bodies: Sequence[bytes]) -> None:
+        await self._connected()
         exchange = self._usable(self._publisher).default_exchange
         routing_key = names.queue_name(channel)
         for start in range(0, len(bodies), PUBLISH_WINDOW):
@@ -216,6 +223,7 @@ class AmqpQueue(Queue):
         consumer = self._consumers.get(channel)
         if consumer is not None:
             return consumer
+        await self._connected()  # before the lock: connect() takes it too
         async with self._lock:
             if channel not in self._consumers:
                 connection = self._live_connection()
@@ -267,6 +275,7 @@ class AmqpQueue(Queue):
         # 0-9-1 reports no unacked count, so in_flight is this process's handed-out, unsettled
         # messages; the dead-letter queue is shared, so each channel shows its whole depth (a
         # dashboard takes the max of dead_letters, never the sum).
+        await self._connected()
         topology = self._usable(self._topology)
         try:
             async with asyncio.timeout(self._timeout):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from channels.email import (
 from channels.errors import DeliveryError, PermanentError, Reason, TransientError
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
+from tests.support.ports import free_port
 from tests.support.secrets import assert_no_secret
 from tests.support.smtp_server import SmtpSink
 
@@ -451,16 +451,10 @@ async def test_4xx_at_any_stage_is_transient(
     assert error.reason is Reason.SMTP_4XX
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_connection_refused_is_transient(
     channel_for: Callable[..., EmailChannel],
 ) -> None:
-    channel = channel_for(email_smtp_server="127.0.0.1", email_smtp_port=closed_port())
+    channel = channel_for(email_smtp_server="127.0.0.1", email_smtp_port=free_port())
     error = await send_error(channel)
     assert isinstance(error, TransientError)
     assert error.reason is Reason.CONNECTION_ERROR

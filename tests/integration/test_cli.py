@@ -517,6 +517,13 @@ async def test_ids_out_of_range_are_one_line_errors(baseline_cli: Cli, args: Seq
     assert len(result.error_lines) == 1, str(result)
 
 
+async def test_a_lease_that_cannot_cover_two_sends_is_a_configuration_error(
+    baseline_cli: Cli,
+) -> None:
+    result = await baseline_cli.with_env(SEND_LEASE="50s", SEND_TIMEOUT="30s")("worker", "--burst")
+    assert_one_line_error(result, "SEND_LEASE (50s)", "twice SEND_TIMEOUT (30s)")
+
+
 async def test_bad_inputs_in_a_row_leave_only_good_rows(baseline_cli: Cli) -> None:
     """After every bad input on one database, the listings show only what was valid."""
     for _, args, _ in BAD_INPUTS:

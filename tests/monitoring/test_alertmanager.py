@@ -21,11 +21,11 @@ import yaml
 from tests.monitoring.tools import (
     ALERTMANAGER_DIR,
     alerting_rules,
-    free_port,
     load_yaml,
     require_tool,
     run,
 )
+from tests.support.ports import free_port
 
 CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
 RENDER = ALERTMANAGER_DIR / "render.sh"

@@ -24,12 +24,12 @@ from tests.monitoring.tools import (
     alerting_rules,
     exposed_names,
     exposition,
-    free_port,
     load_yaml,
     metric_names,
     recorded_names,
     require_tool,
 )
+from tests.support.ports import free_port
 
 DATASOURCE_UID = "tocsin-prometheus"
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.integration.cli import Cli, Server, base_env, eventually, free_port
+from tests.integration.cli import Cli, Server, base_env, eventually
 from tests.monitoring.test_dashboards import SUBSTITUTIONS, _queries
 from tests.monitoring.tools import (
     ALERTMANAGER_DIR,
@@ -34,6 +34,7 @@ from tests.monitoring.tools import (
     load_yaml,
     require_tool,
 )
+from tests.support.ports import free_port
 from tests.support.smtp_server import SmtpSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.cli import Cli, Server, base_env, eventually, free_port
+from tests.integration.cli import Cli, Server, base_env, eventually
 from tests.monitoring.tools import require_tool
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -11,7 +11,6 @@ import ast
 import asyncio
 import logging
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from monitoring.alertmanager.wecom_relay import (
     truncate,
     utf8_size,
 )
+from tests.support.ports import free_port
 from tests.support.wecom_server import SEND_PATH, WeComRobot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,7 +355,7 @@ async def test_robot_timeout_answers_503(relay: httpx.AsyncClient, robot: WeComR
 
 async def test_robot_unreachable_answers_503(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    app_runner, url = await _serve(create_app(f"http://127.0.0.1:{_free_port()}{SEND_PATH}"))
+    app_runner, url = await _serve(create_app(f"http://127.0.0.1:{free_port()}{SEND_PATH}"))
     try:
         async with httpx.AsyncClient(base_url=url) as client:
             response = await _post(client, notification(_alert()))
@@ -435,13 +435,6 @@ def test_mask_hides_keys_in_any_text() -> None:
 # --- the process ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_settings_from_the_environment() -> None:
     assert settings({}) == ("0.0.0.0", 8080, wecom_relay.DEFAULT_BASE_URL, 10.0)
     env = {
@@ -467,7 +460,7 @@ def test_settings_from_the_environment() -> None:
     ids=["module", "script"],
 )
 async def test_runs_as_its_own_process(robot: WeComRobot, command: list[str]) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "WECOM_RELAY_LISTEN": f"127.0.0.1:{port}",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -147,11 +146,3 @@ def run(*command: str | Path, cwd: Path = ROOT, **kwargs: Any) -> subprocess.Com
         check=False,
         **kwargs,
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

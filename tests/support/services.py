@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 from pipeline.config import Settings
 from pipeline.db import SessionFactory, create_engine, upgrade
 from pipeline.db import session_factory as make_session_factory
+from tests.support.ports import free_port
 
 T = TypeVar("T")
 
@@ -240,3 +241,9 @@ async def amqp_url(amqp_vhost: str) -> str:
     url = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(amqp_vhost, safe='')}"
     await delete_topology(url)
     return url
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused."""
+    return free_port()

@@ -29,7 +29,7 @@ from tests.support.pipeline import (
 )
 from tests.support.smtp_server import SmtpSink
 from tests.support.wecom_server import WeComRobot
-from workers.claim import claim
+from workers.claim import claim, new_token
 from workers.record import record
 from workers.send import attempt
 
@@ -170,7 +170,9 @@ async def test_a_late_result_does_not_overwrite_a_completed_row(db_settings: Set
         await produced(app, channels="system")
         await app.relay().tick()
         row = (await rows(app))[("alice", "system")]
-        stalled = await claim(app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2))
+        stalled = await claim(
+            app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2), new_token()
+        )
         assert [d.notification_id for d in stalled.deliveries] == [row.id]
         # The stalled worker's lease runs out; the relay hands the row to another worker.
         clock.advance(timedelta(minutes=3))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,6 +48,7 @@ from pipeline.models import (
 from pipeline.queues import names
 from tests.integration.cli import Server, base_env, tocsin
 from tests.integration.faults.sink import CountingSink
+from tests.support.proxy import FaultProxy
 
 DELIVERED = ("system", "email")
 TERMINAL = frozenset({State.SENT.value, State.DEAD.value, State.SUPPRESSED.value})
@@ -198,21 +199,6 @@ class Proc:
             for sample in family.samples:
                 totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
         return totals
-
-
-def with_host(url: str, host: str, port: int) -> str:
-    """Returns url with its host:port replaced (credentials, path and query kept)."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def broker_address(url: str) -> tuple[str, int]:
-    """Returns the host and port of a broker URL."""
-    parts = urlsplit(url)
-    default = 6379 if parts.scheme.startswith("redis") else 5672
-    return parts.hostname or "127.0.0.1", parts.port or default
 
 
 class Cluster:
@@ -492,9 +478,9 @@ class Cluster:
         )
         return f"verdict: {verdict}\n{tails}"
 
-    def through(self, proxy: Any) -> None:
+    def through(self, proxy: FaultProxy) -> None:
         """Makes processes spawned from now on reach the broker through proxy."""
-        self.queue_url = with_host(self.broker_url, proxy.host, proxy.port)
+        self.queue_url = proxy.route(self.broker_url)
 
     def elapsed(self) -> float:
         """Seconds since the cluster was created."""

@@ -20,6 +20,7 @@ from pipeline.queues import names, open_queue
 from pipeline.queues.base import QueueUnavailable, decode_message, encode_message
 from pipeline.queues.rabbitmq import AmqpQueue
 from tests.pipeline.queues.contract import QueueContract
+from tests.support.proxy import FaultProxy
 from tests.support.services import delete_topology
 
 pytestmark = pytest.mark.rabbitmq
@@ -197,9 +198,32 @@ async def test_publish_to_a_queue_that_is_gone_raises_unavailable(
         await queue.publish("email", [encode_message(1)])
 
 
-async def test_publish_before_connect_raises_unavailable(settings: Settings) -> None:
-    with pytest.raises(QueueUnavailable):
-        await AmqpQueue(settings, CHANNELS).publish("email", [encode_message(1)])
+async def test_a_queue_that_could_not_connect_connects_once_the_broker_is_back(
+    settings: Settings, amqp_url: str
+) -> None:
+    # A process started during an outage: its first connect fails, later calls connect.
+    async with FaultProxy.to(amqp_url) as proxy:
+        proxy.refuse()
+        queue = AmqpQueue(
+            settings.model_copy(update={"queue_url": proxy.route(amqp_url)}), CHANNELS
+        )
+        try:
+            with pytest.raises(QueueUnavailable):
+                await queue.connect()
+            with pytest.raises(QueueUnavailable):
+                await queue.publish("email", [encode_message(1)])
+            with pytest.raises(QueueUnavailable):
+                await queue.subscribe("email", 1)
+            proxy.pass_through()
+            await queue.publish("email", [encode_message(7)])
+            await queue.subscribe("email", 1)
+            [message] = await queue.receive("email", 1, 5.0)
+            await message.ack()
+            [stats] = await queue.stats(["email"])
+        finally:
+            await queue.close()
+    assert decode_message(message.body) == 7
+    assert (stats.depth, stats.in_flight) == (0, 0)
 
 
 # --- consuming, settling, dead letters --------------------------------------------------------

@@ -274,14 +274,6 @@ async def test_entries_published_after_a_loss_but_before_any_read_are_kept(
 # --- connection faults --------------------------------------------------------------------
 
 
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_an_unreachable_server_is_queue_unavailable_promptly(closed_port: int) -> None:
     queue = RedisQueue(redis_settings(f"redis://127.0.0.1:{closed_port}/0"))
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 _CHUNK = 65536
 
@@ -59,6 +60,15 @@ class FaultProxy:
         self._flowing.set()
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
+
+    @classmethod
+    def to(cls, url: str) -> FaultProxy:
+        """A proxy in front of the server a service URL points at."""
+        return cls(*address_of(url))
+
+    def route(self, url: str) -> str:
+        """Returns url pointed at this proxy instead of the server."""
+        return with_host(url, self.host, self.port)
 
     async def start(self) -> FaultProxy:
         """Starts listening on a free loopback port."""
@@ -208,3 +218,20 @@ class FaultProxy:
                 self.cuts += 1
                 link.close()
                 return
+
+
+_DEFAULT_PORTS = {"amqp": 5672, "redis": 6379, "postgresql": 5432}
+
+
+def address_of(url: str) -> tuple[str, int]:
+    """Returns the host and port a service URL points at (its scheme's default port if none)."""
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or _DEFAULT_PORTS[parts.scheme.split("+")[0]]
+
+
+def with_host(url: str, host: str, port: int) -> str:
+    """Returns url with its host:port replaced (credentials, path and query kept)."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{host}:{port}" if credentials else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,173 @@
+"""A worker stalled past its lease sends nothing late; a database outage costs no message."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import ClassVar
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import text
+
+from channels.base import Channel, ChannelContext, Delivery
+from channels.errors import Reason
+from pipeline.clock import ManualClock
+from pipeline.config import Settings
+from pipeline.db import database_unavailable
+from pipeline.models import InboxMessage, State
+from pipeline.validation import InputError
+from tests.support.pipeline import START, add_alert, add_user, open_app, rows, sample
+from tests.support.proxy import FaultProxy
+from workers.claim import claim, new_token
+from workers.worker import WorkerConfig
+
+
+class _Stalling(Channel):
+    """Its first send takes three minutes of manual-clock time: a stall past the lease."""
+
+    name = "system"
+    reasons: ClassVar[tuple[Reason, ...]] = ()
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.sent: list[int] = []
+
+    @classmethod
+    def from_settings(cls, settings: Settings, context: ChannelContext) -> Channel:
+        raise NotImplementedError("built by the test")
+
+    def render(self, delivery: Delivery) -> Delivery:
+        return delivery
+
+    async def send(self, payload: Delivery) -> None:
+        if not self.sent:
+            self.clock.advance(timedelta(minutes=3))
+        self.sent.append(payload.notification_id)
+
+
+async def test_a_send_whose_lease_ran_out_is_given_up_and_sent_once_later(
+    db_settings: Settings,
+) -> None:
+    clock = ManualClock(START)
+    async with open_app(db_settings, clock) as app:
+        for name in ("alice", "bob"):
+            await add_user(app, name, channels="system")
+        await add_alert(app, ["alice", "bob"])
+        await app.producer().run()
+        await app.relay().tick()
+        ids = sorted(n.id or 0 for n in (await rows(app)).values() if n.channel == "system")
+        stalling = _Stalling(clock)
+        worker = app.worker(["system"], concurrency=1)
+        worker._channels = {"system": stalling}
+        # One claim for both; with one send at a time the second starts after the stall.
+        await worker.deliver("system", ids)
+        held = {n.id: n.state for n in (await rows(app)).values() if n.channel == "system"}
+        abandoned = sample(
+            app.metrics.registry, "tocsin_worker_sends_abandoned_total", channel="system"
+        )
+        # The relay takes the abandoned row back once its lease has expired.
+        assert (await app.relay().tick()).lease_expired == 1
+        await worker.run_until_idle()
+        final = await rows(app)
+    assert held == {ids[0]: State.SENT, ids[1]: State.SENDING}
+    assert abandoned == 1
+    assert stalling.sent == ids  # each once: the second only after the relay re-published it
+    assert {(n.state, n.attempts) for n in final.values() if n.channel == "system"} == {
+        (State.SENT, 1)
+    }
+
+
+async def test_a_claim_retried_with_its_token_takes_the_same_rows(db_settings: Settings) -> None:
+    clock = ManualClock(START)
+    async with open_app(db_settings, clock) as app:
+        await add_user(app, "alice", channels="system")
+        await add_alert(app, ["alice"])
+        await app.producer().run()
+        await app.relay().tick()
+        row = (await rows(app))[("alice", "system")]
+        token, lease = new_token(), timedelta(minutes=2)
+        first = await claim(app.sessions, [row.id or 0], clock.now(), lease, token)
+        again = await claim(app.sessions, [row.id or 0], clock.now(), lease, token)
+        other = await claim(app.sessions, [row.id or 0], clock.now(), lease, new_token())
+    assert [d.notification_id for d in first.deliveries] == [row.id]
+    assert [d.notification_id for d in again.deliveries] == [row.id]
+    assert (other.deliveries, other.stale) == ([], {row.id})
+
+
+def test_a_lease_shorter_than_two_send_timeouts_is_refused() -> None:
+    with pytest.raises(InputError, match=r"SEND_LEASE \(50s\) must be at least twice SEND_TIMEOUT"):
+        WorkerConfig(name="w", send_lease=timedelta(seconds=50), send_timeout=timedelta(seconds=30))
+
+
+@pytest.mark.postgres
+async def test_an_unreachable_database_is_told_from_a_bad_statement(
+    postgres_url: str, closed_port: int
+) -> None:
+    unreachable = create_async_engine(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port}/test", poolclass=NullPool
+    )
+    with pytest.raises(Exception) as refused:
+        async with unreachable.connect():
+            pass
+    reachable = create_async_engine(postgres_url, poolclass=NullPool)
+    try:
+        async with reachable.connect() as connection:
+            await connection.execute(text("CREATE TABLE t (id int PRIMARY KEY)"))
+            await connection.execute(text("INSERT INTO t VALUES (1)"))
+            with pytest.raises(IntegrityError) as duplicate:
+                await connection.execute(text("INSERT INTO t VALUES (1)"))
+    finally:
+        await reachable.dispose()
+    assert database_unavailable(refused.value)
+    assert not database_unavailable(duplicate.value)
+    assert not database_unavailable(ValueError("not a database error"))
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_holds_the_batch_until_the_database_is_back(
+    postgres_settings: Settings,
+) -> None:
+    async with FaultProxy.to(postgres_settings.database_url) as proxy:
+        settings = postgres_settings.model_copy(
+            update={"database_url": proxy.route(postgres_settings.database_url)}
+        )
+        async with open_app(settings) as app:
+            await add_user(app, "alice", channels="system")
+            await add_alert(app, ["alice"])
+            await app.producer().run()
+            await app.relay().tick()
+            proxy.refuse()  # PostgreSQL restarting: connections reset, new ones refused
+            delivering = asyncio.create_task(app.worker(["system"]).run_until_idle())
+            retries = await _eventually_retried(app.metrics.registry, "claim")
+            [during] = await app.queue.stats(["system"])
+            proxy.pass_through()
+            assert await asyncio.wait_for(delivering, 60) == 1
+            [after] = await app.queue.stats(["system"])
+            row = (await rows(app))[("alice", "system")]
+            async with app.sessions() as session:
+                inbox = list((await session.execute(select(InboxMessage))).scalars())
+    assert retries >= 1
+    # Held, not handed back: a requeue would count against the broker's delivery limit.
+    assert (during.depth, during.in_flight) == (0, 1)
+    assert (after.depth, after.in_flight) == (0, 0)
+    assert (row.state, row.attempts) == (State.SENT, 1)
+    assert [m.recipient_id for m in inbox] == [row.recipient_id]
+
+
+async def _eventually_retried(
+    registry: CollectorRegistry, step: str, within: float = 30.0
+) -> float:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        count = sample(
+            registry, "tocsin_worker_database_retries_total", channel="system", step=step
+        )
+        if count:
+            return count
+        assert asyncio.get_running_loop().time() < deadline, "the worker never retried"
+        await asyncio.sleep(0.05)
