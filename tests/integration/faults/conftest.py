@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.config import Settings
 from tests.integration.faults.harness import Cluster, no_orphans
+from tests.support.redis_server import RedisServer
 from tests.support.services import flushed_redis
 
 # Not the unit tests' database 15: the fault suite flushes its own.
@@ -27,6 +28,17 @@ def fault_redis_url() -> Iterator[str]:
 def fault_amqp_url(amqp_url: str) -> str:
     """The session's RabbitMQ vhost; amqp_url has already deleted Tocsin's topology."""
     return amqp_url
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own, which it may crash and restart."""
+    server = RedisServer(tmp_path)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.crash()
 
 
 @pytest.fixture(params=["redis", "amqp"])

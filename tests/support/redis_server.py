@@ -1,0 +1,75 @@
+"""A redis-server of the test's own, on a free loopback port, that the test may kill and restart.
+
+The shared server on 6379 must stay up for everything else; this one can crash. It keeps
+nothing on disk (no RDB, no AOF), so a restart loses every stream, group and pending entry:
+the worst case the relay's QUEUE_LEASE has to cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.support.ports import free_port
+from tests.support.services import in_ci
+
+
+class RedisServer:
+    """One redis-server process; `crash()` kills it with SIGKILL, `start()` brings it back."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self, within: float = 10.0) -> None:
+        """Starts the server on its port and waits until it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if in_ci():
+                pytest.fail("redis-server is not installed")
+            pytest.skip("redis-server is not installed")
+        self._process = await asyncio.create_subprocess_exec(
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + within
+        while not await self._answers():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"redis-server on port {self.port} did not start")
+            await asyncio.sleep(0.05)
+
+    async def crash(self) -> None:
+        """SIGKILLs the server: connections reset, everything in memory gone."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signal.SIGKILL)
+            await self._process.wait()
+        self._process = None
+
+    async def _answers(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
