@@ -127,25 +127,39 @@ class AmqpQueue(Queue):
         self._consumers: dict[str, _Consumer] = {}
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._lock = asyncio.Lock()
+        # The last failed connect: callers that queued behind it fail at once instead of each
+        # waiting out BROKER_TIMEOUT again (a worker must still stop promptly on SIGTERM).
+        self._failure: tuple[float, str] | None = None
 
     async def connect(self) -> None:
         async with self._lock:
             if self._connection is not None:
                 return
-            connection = RobustConnection(
-                make_url(self._url),
-                client_properties={"connection_name": names.PREFIX},
-                reconnect_interval=RECONNECT_INTERVAL,
-            )
+            loop = asyncio.get_running_loop()
+            if self._failure and loop.time() - self._failure[0] < RECONNECT_INTERVAL:
+                raise QueueUnavailable(self._failure[1])
             try:
-                async with asyncio.timeout(self._timeout):
-                    await connection.connect(timeout=self._timeout)
-                    await self._declare_topology(connection)
-            except _BROKER_ERRORS as exc:
-                # Closing also stops the reconnect loop a timed-out attempt would leave behind.
-                await _quietly(connection.close())
-                raise QueueUnavailable(f"cannot connect to RabbitMQ: {exc!r}") from exc
-            self._connection = connection
+                self._connection = await self._open()
+            except QueueUnavailable as exc:
+                self._failure = (loop.time(), str(exc))
+                raise
+            self._failure = None
+
+    async def _open(self) -> AbstractRobustConnection:
+        connection = RobustConnection(
+            make_url(self._url),
+            client_properties={"connection_name": names.PREFIX},
+            reconnect_interval=RECONNECT_INTERVAL,
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.connect(timeout=self._timeout)
+                await self._declare_topology(connection)
+        except _BROKER_ERRORS as exc:
+            # Closing also stops the reconnect loop a timed-out attempt would leave behind.
+            await _quietly(connection.close())
+            raise QueueUnavailable(f"cannot connect to RabbitMQ: {exc!r}") from exc
+        return connection
 
     async def _declare_topology(self, connection: AbstractRobustConnection) -> None:
         topology = await connection.channel()

@@ -524,22 +524,6 @@ async def test_a_lease_that_cannot_cover_two_sends_is_a_configuration_error(
     assert_one_line_error(result, "SEND_LEASE (50s)", "twice SEND_TIMEOUT (30s)")
 
 
-async def test_bad_inputs_in_a_row_leave_only_good_rows(baseline_cli: Cli) -> None:
-    """After every bad input on one database, the listings show only what was valid."""
-    for _, args, _ in BAD_INPUTS:
-        assert (await baseline_cli(*args)).code != 0, args
-    for _, args in USAGE_ERRORS:
-        assert (await baseline_cli(*args)).code != 0, args
-    users = await baseline_cli.json("users", "list")
-    assert [(u["username"], u["email"], u["timezone"]) for u in users] == [
-        ("alice", "alice@example.com", "UTC"),
-        ("bob", "bob@example.com", "Europe/Berlin"),
-    ]
-    alerts = await baseline_cli.json("alerts", "list")
-    assert [a["title"] for a in alerts] == ["Baseline alert"]
-    assert await baseline_cli.json("notifications", "list") == []
-
-
 @pytest.mark.parametrize(
     "args",
     [

@@ -146,7 +146,6 @@ async def test_broker_connection_cut_partitioned_and_delayed(cluster: Cluster) -
     assert metrics["tocsin_relay_published_total"] >= 1000
 
 
-@pytest.mark.parametrize("broker", ["amqp"], indirect=True)
 @pytest.mark.timeout(60)
 async def test_processes_started_while_the_broker_is_down_wait_for_it(cluster: Cluster) -> None:
     async with FaultProxy.to(cluster.broker_url) as proxy:
