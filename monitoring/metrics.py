@@ -30,8 +30,8 @@ SUPPRESSION_REASONS = (
     Reason.RECIPIENT_REMOVED,
 )
 
-# The worker's database steps a retry counter is kept for.
-DATABASE_STEPS = ("claim", "record")
+# The worker stages whose database work is retried (label values of database_retries).
+DATABASE_STAGES = ("claim", "record")
 
 # The _created series double the exposition and no panel or rule reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -86,7 +86,7 @@ class Metrics:
         self.database_retries = c(
             "worker_database_retries_total",
             "Claim or record steps retried because the database was unreachable.",
-            ["channel", "step"],
+            ["channel", "stage"],
         )
         self.poison = c(
             "poison_messages_total", "Queue messages that could not be decoded.", ["channel"]
@@ -176,8 +176,8 @@ class Metrics:
                 self.abandoned,
             ):
                 metric.labels(channel=channel)
-            for step in DATABASE_STEPS:
-                self.database_retries.labels(channel=channel, step=step)
+            for stage in DATABASE_STAGES:
+                self.database_retries.labels(channel=channel, stage=stage)
             for reason in SUPPRESSION_REASONS:
                 self.suppressed.labels(channel=channel, reason=reason.value)
             self.attempts.labels(channel=channel, outcome=Outcome.SENT.value, reason=NO_REASON)
@@ -236,8 +236,8 @@ class Metrics:
     def record_abandoned(self, channel: str, count: int) -> None:
         self.abandoned.labels(channel=channel).inc(count)
 
-    def record_database_retry(self, channel: str, step: str) -> None:
-        self.database_retries.labels(channel=channel, step=step).inc()
+    def record_database_retry(self, channel: str, stage: str) -> None:
+        self.database_retries.labels(channel=channel, stage=stage).inc()
 
     def record_poison(self, channel: str) -> None:
         self.poison.labels(channel=channel).inc()

@@ -213,7 +213,7 @@ class Worker:
         self.delivered += len(recorded)
         return claimed
 
-    async def _persistently(self, channel: str, step: str, run: Callable[[], Awaitable[T]]) -> T:
+    async def _persistently(self, channel: str, stage: str, run: Callable[[], Awaitable[T]]) -> T:
         failures = 0
         while True:
             try:
@@ -223,11 +223,11 @@ class Worker:
                     raise
                 delay = backoff_delay(failures, _ERROR_PAUSE, _MAX_DATABASE_BACKOFF)
                 failures += 1
-                self._metrics.record_database_retry(channel, step)
+                self._metrics.record_database_retry(channel, stage)
                 log.warning(
                     "database_unavailable",
                     channel=channel,
-                    step=step,
+                    stage=stage,
                     failures=failures,
                     retry_in=delay,
                     error=self._redact(f"{type(exc).__name__}: {exc}")[:300],

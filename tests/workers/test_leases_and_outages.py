@@ -160,12 +160,12 @@ async def test_a_database_outage_holds_the_batch_until_the_database_is_back(
 
 
 async def _eventually_retried(
-    registry: CollectorRegistry, step: str, within: float = 30.0
+    registry: CollectorRegistry, stage: str, within: float = 30.0
 ) -> float:
     deadline = asyncio.get_running_loop().time() + within
     while True:
         count = sample(
-            registry, "tocsin_worker_database_retries_total", channel="system", step=step
+            registry, "tocsin_worker_database_retries_total", channel="system", stage=stage
         )
         if count:
             return count
