@@ -162,6 +162,11 @@ class DeliveryAttempt(SQLModel, table=True):
     """One try at sending a notification, kept for audit and the dead-letter view."""
 
     __tablename__ = "delivery_attempts"
+    # One attempt per notification per claim: recording a batch again after a commit whose
+    # answer was lost stores nothing twice.
+    __table_args__ = (
+        Index("uq_delivery_attempts_claim", "notification_id", "claim_token", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     notification_id: int = Field(foreign_key="notifications.id", index=True)
@@ -173,6 +178,7 @@ class DeliveryAttempt(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(String(64)))
     detail: str | None = Field(default=None, sa_column=Column(Text))
     worker: str | None = Field(default=None, sa_column=Column(String(128)))
+    claim_token: str | None = Field(default=None, sa_column=Column(String(32)))
 
 
 class InboxMessage(SQLModel, table=True):

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from monitoring.metrics import Metrics
 from pipeline.db import SessionFactory
 from pipeline.models import DeliveryAttempt, Notification, Outcome, State
-from pipeline.sql import first_ints
+from pipeline.sql import first_ints, insert_ignoring_duplicates
 from workers.outcome import AttemptResult, Transition, decide
 from workers.retry import RetryPolicy
 
@@ -38,27 +38,49 @@ async def record(
     now: datetime,
     worker: str,
 ) -> list[Recorded]:
-    """Applies every result whose claim still holds; a late result (lease lost) is discarded."""
+    """Applies every result whose claim still holds; a late result (lease lost) is discarded.
+
+    Safe to call again with the same results and token when the connection dropped during the
+    commit: what the first call committed counts as applied and is stored once.
+    """
     if not results:
         return []
     async with sessions() as session, session.begin():
-        held = await _still_held(session, [r.delivery.notification_id for r in results], token)
+        ids = [r.delivery.notification_id for r in results]
+        held = await _still_held(session, ids, token)
+        committed = await _insert_attempts(session, results, token, worker)
         recorded = [
             Recorded(
                 r,
                 decide(r, r.delivery.attempt - 1, now, policy),
-                r.delivery.notification_id in held,
+                r.delivery.notification_id in held | committed,
             )
             for r in results
         ]
-        changes = [_values(item, now) for item in recorded if item.applied]
+        changes = [
+            _values(item, now) for item in recorded if item.result.delivery.notification_id in held
+        ]
         if changes:
             # ORM bulk UPDATE by primary key: one executemany per shape of values.
             await session.execute(update(Notification), changes)
-        attempts = [_attempt_row(r, worker) for r in results if r.outcome is not Outcome.SUPPRESSED]
-        if attempts:
-            await session.execute(insert(DeliveryAttempt), attempts)
     return recorded
+
+
+async def _insert_attempts(
+    session: AsyncSession, results: Sequence[AttemptResult], token: str, worker: str
+) -> set[int]:
+    """Stores the attempts; returns the ids whose attempt this claim had already stored."""
+    attempted = [r for r in results if r.outcome is not Outcome.SUPPRESSED]
+    if not attempted:
+        return set()
+    rows = [_attempt_row(r, token, worker) for r in attempted]
+    inserted = await session.execute(
+        insert_ignoring_duplicates(session, DeliveryAttempt).returning(
+            col(DeliveryAttempt.notification_id)
+        ),
+        rows,
+    )
+    return {r.delivery.notification_id for r in attempted} - set(first_ints(inserted))
 
 
 async def _still_held(session: AsyncSession, ids: list[int], token: str) -> set[int]:
@@ -94,8 +116,9 @@ def _values(item: Recorded, now: datetime) -> dict[str, object]:
     return values
 
 
-def _attempt_row(result: AttemptResult, worker: str) -> dict[str, object]:
+def _attempt_row(result: AttemptResult, token: str, worker: str) -> dict[str, object]:
     return {
+        "claim_token": token,
         "notification_id": result.delivery.notification_id,
         "attempt": result.delivery.attempt,
         "channel": result.delivery.channel,

@@ -21,9 +21,19 @@ from pipeline.config import Settings
 from pipeline.db import database_unavailable
 from pipeline.models import InboxMessage, State
 from pipeline.validation import InputError
-from tests.support.pipeline import START, add_alert, add_user, open_app, rows, sample
+from tests.support.pipeline import (
+    START,
+    add_alert,
+    add_user,
+    attempts_of,
+    open_app,
+    rows,
+    sample,
+)
 from tests.support.proxy import FaultProxy
 from workers.claim import claim, new_token
+from workers.record import record
+from workers.send import attempt
 from workers.worker import WorkerConfig
 
 
@@ -97,6 +107,28 @@ async def test_a_claim_retried_with_its_token_takes_the_same_rows(db_settings: S
     assert [d.notification_id for d in first.deliveries] == [row.id]
     assert [d.notification_id for d in again.deliveries] == [row.id]
     assert (other.deliveries, other.stale) == ([], {row.id})
+
+
+async def test_recording_a_batch_again_stores_it_once(db_settings: Settings) -> None:
+    # What a worker does when the connection dropped during its record's commit: record again.
+    clock = ManualClock(START)
+    async with open_app(db_settings, clock) as app:
+        await add_user(app, "alice", channels="system")
+        await add_alert(app, ["alice"])
+        await app.producer().run()
+        await app.relay().tick()
+        row = (await rows(app))[("alice", "system")]
+        token = new_token()
+        claimed = await claim(app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2), token)
+        inbox = app.worker(["system"])._channels["system"]
+        [result] = [await attempt(inbox, d, clock, 5.0, app.redact) for d in claimed.deliveries]
+        first = await record(app.sessions, [result], token, app.policy, clock.now(), "w")
+        again = await record(app.sessions, [result], token, app.policy, clock.now(), "w")
+        stored = await attempts_of(app, row.id or 0)
+        final = (await rows(app))[("alice", "system")]
+    assert [r.applied for r in first] == [r.applied for r in again] == [True]
+    assert [(a.attempt, a.outcome, a.claim_token) for a in stored] == [(1, "sent", token)]
+    assert (final.state, final.attempts) == (State.SENT, 1)
 
 
 def test_a_lease_shorter_than_two_send_timeouts_is_refused() -> None:
