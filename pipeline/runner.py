@@ -22,6 +22,9 @@ from pipeline.queues.base import QueueUnavailable
 
 log = structlog.get_logger("tocsin.runner")
 
+# Seconds between progress reports of a drain.
+_PROGRESS_EVERY = 0.2
+
 
 @dataclass(frozen=True)
 class DrainReport:
@@ -32,21 +35,38 @@ class DrainReport:
     delivered: int
 
 
-async def drain(app: App) -> DrainReport:
-    """Produces, relays and delivers everything due now (retries included), then returns."""
+async def drain(app: App, on_progress: Callable[[int, int], None] | None = None) -> DrainReport:
+    """Produces, relays and delivers everything due now (retries included), then returns.
+
+    on_progress, if given, is called a few times a second with (published, delivered) so far.
+    """
     # Leases are left alone: a `tocsin run` may be working on this database right now, and
     # releasing its rows would send them twice. Rows stranded by a crash come back on expiry.
     relay = app.relay()
     worker = app.worker()
     produced = await app.producer().run()
-    published = delivered = 0
-    while True:
-        ticked = await relay.tick()
-        done = await worker.run_until_idle()
-        published += ticked.published
-        delivered += done
-        if ticked.published == 0 and done == 0:
-            return DrainReport(produced, published, delivered)
+    published = 0
+    reporter = _report_progress(on_progress, lambda: (published, worker.delivered))
+    try:
+        while True:
+            ticked = await relay.tick()
+            published += ticked.published
+            done = await worker.run_until_idle()
+            if ticked.published == 0 and done == 0:
+                return DrainReport(produced, published, worker.delivered)
+    finally:
+        reporter.cancel()
+
+
+def _report_progress(
+    on_progress: Callable[[int, int], None] | None, counts: Callable[[], tuple[int, int]]
+) -> asyncio.Task[None]:
+    async def report() -> None:
+        while on_progress is not None:
+            on_progress(*counts())
+            await asyncio.sleep(_PROGRESS_EVERY)
+
+    return asyncio.create_task(report(), name="drain-progress")
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -91,8 +91,12 @@ def run(
 
         async def work(app_: App) -> DrainReport:
             await app_.queue.connect()
-            with stderr.status("draining: producing, relaying and delivering…"):
-                return await drain(app_)
+            with stderr.status("draining: producing…") as status:
+
+                def show(published: int, delivered: int) -> None:
+                    status.update(f"draining: {published} published, {delivered} delivered…")
+
+                return await drain(app_, show)
 
         _print_drain(run_async(work, verbose=False), as_json)
         return
