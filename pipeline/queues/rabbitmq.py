@@ -26,12 +26,13 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 from aio_pika.connection import make_url
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from aiormq import spec
 
 from pipeline.config import Settings
 from pipeline.queues import names
 from pipeline.queues.base import Queue, QueueStats, QueueUnavailable, ReceivedMessage
+from pipeline.queues.prefetch import SETTLE_TURNS, drain, take
 
 log = structlog.get_logger("tocsin.queue.amqp")
 
@@ -39,13 +40,6 @@ log = structlog.get_logger("tocsin.queue.amqp")
 PUBLISH_WINDOW = 256
 # Seconds between reconnection attempts of the robust connection.
 RECONNECT_INTERVAL = 1.0
-# Empty event-loop turns allowed for deliveries already read from the socket: they pass
-# through a few tasks before they reach the buffer.
-_SETTLE_TURNS = 4
-# How long receive waits for more deliveries after the first. The broker hands out a new
-# message for each ack, one frame at a time: without it a worker claims batches of 2-3 rows
-# (one transaction each) instead of ~10; 10 ms measured 1.9x the end-to-end deliveries/s.
-BATCH_LINGER = 0.01
 # Everything aio-pika / aiormq raise for a broker that is gone, slow or refusing.
 _BROKER_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *CONNECTION_EXCEPTIONS)
 
@@ -278,7 +272,7 @@ class AmqpQueue(Queue):
         self, channel: str, max_messages: int, timeout: float
     ) -> list[ReceivedMessage]:
         consumer = await self._consumer(channel, max_messages)
-        deliveries = await _take(consumer.buffer, max_messages, timeout)
+        deliveries = await take(consumer.buffer, max_messages, timeout)
         self._in_flight[channel] += len(deliveries)
         return [_AmqpMessage(self, channel, d, self._timeout) for d in deliveries]
 
@@ -336,9 +330,9 @@ class AmqpQueue(Queue):
             async with asyncio.timeout(self._timeout):
                 await consumer.queue.cancel(consumer.tag)
                 # Deliveries that preceded the cancel-ok may still be a task or two away.
-                for _ in range(_SETTLE_TURNS):
+                for _ in range(SETTLE_TURNS):
                     await asyncio.sleep(0)
-                for message in _drain(consumer.buffer):
+                for message in drain(consumer.buffer):
                     await message.nack(requeue=True)
         except _BROKER_ERRORS as exc:
             log.warning("amqp_consumer_stop_failed", channel=channel, error=repr(exc))
@@ -346,60 +340,6 @@ class AmqpQueue(Queue):
 
 def _message(body: bytes) -> Message:
     return Message(body, delivery_mode=DeliveryMode.PERSISTENT, content_type="application/json")
-
-
-def _live(message: AbstractIncomingMessage) -> bool:
-    """True while the channel that delivered the message is open (its tag still means it)."""
-    try:
-        return not message.channel.is_closed
-    except ChannelInvalidStateError:
-        return False
-
-
-def _drain(
-    buffer: asyncio.Queue[AbstractIncomingMessage], most: int | None = None
-) -> list[AbstractIncomingMessage]:
-    """Takes up to most buffered deliveries, dropping dead channels' (the broker redelivers)."""
-    taken: list[AbstractIncomingMessage] = []
-    while (most is None or len(taken) < most) and not buffer.empty():
-        message = buffer.get_nowait()
-        if _live(message):
-            taken.append(message)
-    return taken
-
-
-async def _first(
-    buffer: asyncio.Queue[AbstractIncomingMessage], timeout: float
-) -> AbstractIncomingMessage | None:
-    """Waits up to timeout for a delivery of a live channel; None when none came."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                message = await buffer.get()
-                if _live(message):
-                    return message
-    except TimeoutError:
-        return None
-
-
-async def _take(
-    buffer: asyncio.Queue[AbstractIncomingMessage], most: int, timeout: float
-) -> list[AbstractIncomingMessage]:
-    """Waits up to timeout for a live delivery, then up to BATCH_LINGER for more, up to most."""
-    first = await _first(buffer, timeout)
-    if first is None:
-        return []
-    taken = [first, *_drain(buffer, most - 1)]
-    deadline = asyncio.get_running_loop().time() + BATCH_LINGER
-    while len(taken) < most:
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            break
-        following = await _first(buffer, left)
-        if following is None:
-            break
-        taken += [following, *_drain(buffer, most - len(taken) - 1)]
-    return taken
 
 
 async def _quietly(closing: Awaitable[Any]) -> None:
