@@ -22,6 +22,7 @@ from pydantic import AliasChoices
 
 from monitoring.alertmanager.wecom_relay import settings
 from pipeline.config import Settings
+from pipeline.durations import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -153,6 +154,17 @@ def test_metrics_ports_match_metrics_port(compose: dict[str, Any]) -> None:
             assert str(mapping).rsplit(":", 1)[-1] == port, f"{name} publishes {mapping}"
     assert served >= 2
     assert f"EXPOSE {compose['x-tocsin-env']['METRICS_PORT']}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_processes_get_their_shutdown_grace_before_docker_kills_them(
+    compose: dict[str, Any],
+) -> None:
+    grace = Settings(_env_file=None).shutdown_grace
+    for name, service in _tocsin_services(compose).items():
+        if name == "migrate":
+            continue
+        allowed = parse_duration(str(service.get("stop_grace_period", "10s")))
+        assert allowed > grace, f"{name}: stop_grace_period {allowed} <= SHUTDOWN_GRACE {grace}"
 
 
 def test_dockerfile_builds_the_package() -> None:
