@@ -16,10 +16,11 @@ from sqlalchemy.sql import text
 
 from channels.base import Channel, ChannelContext, Delivery
 from channels.errors import Reason
+from pipeline.app import App
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.db import database_unavailable
-from pipeline.models import InboxMessage, State
+from pipeline.models import InboxMessage, Notification, State
 from pipeline.validation import InputError
 from tests.support.pipeline import (
     START,
@@ -35,6 +36,16 @@ from workers.claim import claim, new_token
 from workers.record import record
 from workers.send import attempt
 from workers.worker import WorkerConfig
+
+
+async def queued_inbox_rows(app: App, *names: str) -> dict[str, Notification]:
+    """Creates users of the inbox channel only and one alert for them; returns their QUEUED rows."""
+    for name in names:
+        await add_user(app, name, channels="system")
+    await add_alert(app, list(names))
+    await app.producer().run()
+    await app.relay().tick()
+    return {user: n for (user, channel), n in (await rows(app)).items() if channel == "system"}
 
 
 class _Stalling(Channel):
@@ -65,12 +76,7 @@ async def test_a_send_whose_lease_ran_out_is_given_up_and_sent_once_later(
 ) -> None:
     clock = ManualClock(START)
     async with open_app(db_settings, clock) as app:
-        for name in ("alice", "bob"):
-            await add_user(app, name, channels="system")
-        await add_alert(app, ["alice", "bob"])
-        await app.producer().run()
-        await app.relay().tick()
-        ids = sorted(n.id or 0 for n in (await rows(app)).values() if n.channel == "system")
+        ids = sorted(n.id or 0 for n in (await queued_inbox_rows(app, "alice", "bob")).values())
         stalling = _Stalling(clock)
         worker = app.worker(["system"], concurrency=1)
         worker._channels = {"system": stalling}
@@ -95,11 +101,7 @@ async def test_a_send_whose_lease_ran_out_is_given_up_and_sent_once_later(
 async def test_a_claim_retried_with_its_token_takes_the_same_rows(db_settings: Settings) -> None:
     clock = ManualClock(START)
     async with open_app(db_settings, clock) as app:
-        await add_user(app, "alice", channels="system")
-        await add_alert(app, ["alice"])
-        await app.producer().run()
-        await app.relay().tick()
-        row = (await rows(app))[("alice", "system")]
+        row = (await queued_inbox_rows(app, "alice"))["alice"]
         token, lease = new_token(), timedelta(minutes=2)
         first = await claim(app.sessions, [row.id or 0], clock.now(), lease, token)
         again = await claim(app.sessions, [row.id or 0], clock.now(), lease, token)
@@ -113,11 +115,7 @@ async def test_recording_a_batch_again_stores_it_once(db_settings: Settings) -> 
     # What a worker does when the connection dropped during its record's commit: record again.
     clock = ManualClock(START)
     async with open_app(db_settings, clock) as app:
-        await add_user(app, "alice", channels="system")
-        await add_alert(app, ["alice"])
-        await app.producer().run()
-        await app.relay().tick()
-        row = (await rows(app))[("alice", "system")]
+        row = (await queued_inbox_rows(app, "alice"))["alice"]
         token = new_token()
         claimed = await claim(app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2), token)
         inbox = app.worker(["system"])._channels["system"]
@@ -169,10 +167,7 @@ async def test_a_database_outage_holds_the_batch_until_the_database_is_back(
             update={"database_url": proxy.route(postgres_settings.database_url)}
         )
         async with open_app(settings) as app:
-            await add_user(app, "alice", channels="system")
-            await add_alert(app, ["alice"])
-            await app.producer().run()
-            await app.relay().tick()
+            await queued_inbox_rows(app, "alice")
             proxy.refuse()  # PostgreSQL restarting: connections reset, new ones refused
             delivering = asyncio.create_task(app.worker(["system"]).run_until_idle())
             retries = await _eventually_retried(app.metrics.registry, "claim")
