@@ -46,7 +46,13 @@ async def drain(app: App, on_progress: Callable[[int, int], None] | None = None)
     worker = app.worker()
     produced = await app.producer().run()
     published = 0
-    reporter = _report_progress(on_progress, lambda: (published, worker.delivered))
+
+    async def report(progress: Callable[[int, int], None]) -> None:
+        while True:
+            progress(published, worker.delivered)
+            await asyncio.sleep(_PROGRESS_EVERY)
+
+    reporter = asyncio.create_task(report(on_progress)) if on_progress else None
     try:
         while True:
             ticked = await relay.tick()
@@ -55,18 +61,8 @@ async def drain(app: App, on_progress: Callable[[int, int], None] | None = None)
             if ticked.published == 0 and done == 0:
                 return DrainReport(produced, published, worker.delivered)
     finally:
-        reporter.cancel()
-
-
-def _report_progress(
-    on_progress: Callable[[int, int], None] | None, counts: Callable[[], tuple[int, int]]
-) -> asyncio.Task[None]:
-    async def report() -> None:
-        while on_progress is not None:
-            on_progress(*counts())
-            await asyncio.sleep(_PROGRESS_EVERY)
-
-    return asyncio.create_task(report(), name="drain-progress")
+        if reporter is not None:
+            reporter.cancel()
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

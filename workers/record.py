@@ -48,12 +48,13 @@ async def record(
     async with sessions() as session, session.begin():
         ids = [r.delivery.notification_id for r in results]
         held = await _still_held(session, ids, token)
-        committed = await _insert_attempts(session, results, token, worker)
+        # What an earlier call with this token already committed counts as applied too.
+        applied = held | await _insert_attempts(session, results, token, worker)
         recorded = [
             Recorded(
                 r,
                 decide(r, r.delivery.attempt - 1, now, policy),
-                r.delivery.notification_id in held | committed,
+                r.delivery.notification_id in applied,
             )
             for r in results
         ]
