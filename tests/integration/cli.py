@@ -235,16 +235,3 @@ class Server:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-
-
-async def eventually(check: Any, *, timeout: float = 15.0, interval: float = 0.2) -> Any:
-    """Awaits check() until it returns something truthy, or fails after timeout seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while loop.time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout:g}s; last value: {last!r}")

@@ -23,11 +23,11 @@ from tests.integration.cli import (
     Server,
     base_env,
     channel_env,
-    eventually,
 )
 from tests.support.secrets import assert_no_secret
 from tests.support.services import run_in_thread
 from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import eventually
 from tests.support.wecom_server import WeComRobot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.integration.cli import Cli, Server, base_env, eventually
+from tests.integration.cli import Cli, Server, base_env
 from tests.monitoring.test_dashboards import SUBSTITUTIONS, _queries
 from tests.monitoring.tools import (
     ALERTMANAGER_DIR,
@@ -36,6 +36,7 @@ from tests.monitoring.tools import (
 )
 from tests.support.ports import free_port
 from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.cli import Cli, Server, base_env, channel_env, eventually
+from tests.integration.cli import Cli, Server, base_env, channel_env
 from tests.support.ports import free_port
 from tests.support.smtp_server import SmtpSink
+from tests.support.waiting import eventually
 from tests.support.wecom_server import WeComRobot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.cli import Cli, Server, base_env, eventually
+from tests.integration.cli import Cli, Server, base_env
 from tests.monitoring.tools import require_tool
 from tests.support.ports import free_port
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -13,9 +13,12 @@ import signal
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tests.support.ports import free_port
 from tests.support.services import in_ci
+from tests.support.waiting import eventually
 
 
 class RedisServer:
@@ -47,11 +50,7 @@ class RedisServer:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = asyncio.get_running_loop().time() + within
-        while not await self._answers():
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"redis-server on port {self.port} did not start")
-            await asyncio.sleep(0.05)
+        await eventually(self._answers, timeout=within, interval=0.05)
 
     async def crash(self) -> None:
         """SIGKILLs the server: connections reset, everything in memory gone."""
@@ -61,15 +60,10 @@ class RedisServer:
         self._process = None
 
     async def _answers(self) -> bool:
+        client = Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return False
-        try:
-            writer.write(b"PING\r\n")
-            await writer.drain()
-            return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
-        except (OSError, TimeoutError):
+            return bool(await client.ping())
+        except RedisError:
             return False
         finally:
-            writer.close()
+            await client.aclose()

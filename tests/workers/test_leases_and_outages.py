@@ -32,6 +32,7 @@ from tests.support.pipeline import (
     sample,
 )
 from tests.support.proxy import FaultProxy
+from tests.support.waiting import eventually
 from workers.claim import claim, new_token
 from workers.record import record
 from workers.send import attempt
@@ -170,7 +171,9 @@ async def test_a_database_outage_holds_the_batch_until_the_database_is_back(
             await queued_inbox_rows(app, "alice")
             proxy.refuse()  # PostgreSQL restarting: connections reset, new ones refused
             delivering = asyncio.create_task(app.worker(["system"]).run_until_idle())
-            retries = await _eventually_retried(app.metrics.registry, "claim")
+            retries = await eventually(
+                lambda: _retries(app.metrics.registry, "claim"), timeout=30, interval=0.05
+            )
             [during] = await app.queue.stats(["system"])
             proxy.pass_through()
             assert await asyncio.wait_for(delivering, 60) == 1
@@ -186,15 +189,5 @@ async def test_a_database_outage_holds_the_batch_until_the_database_is_back(
     assert [m.recipient_id for m in inbox] == [row.recipient_id]
 
 
-async def _eventually_retried(
-    registry: CollectorRegistry, stage: str, within: float = 30.0
-) -> float:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        count = sample(
-            registry, "tocsin_worker_database_retries_total", channel="system", stage=stage
-        )
-        if count:
-            return count
-        assert asyncio.get_running_loop().time() < deadline, "the worker never retried"
-        await asyncio.sleep(0.05)
+async def _retries(registry: CollectorRegistry, stage: str) -> float:
+    return sample(registry, "tocsin_worker_database_retries_total", channel="system", stage=stage)

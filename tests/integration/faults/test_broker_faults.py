@@ -17,6 +17,7 @@ from tests.integration.faults.test_producers_and_poison import dead_letters
 from tests.support.proxy import FaultProxy
 from tests.support.redis_server import RedisServer
 from tests.support.services import in_ci
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -172,10 +173,9 @@ async def kill_redis_clients(cluster: Cluster, within: float = 10.0) -> int:
 
     Right after an earlier kill the processes may not have reconnected yet: nothing to kill.
     """
-    deadline = asyncio.get_running_loop().time() + within
-    while not (killed := await _kill_named_clients(cluster)):
-        assert asyncio.get_running_loop().time() < deadline, "no connection came back to kill"
-        await asyncio.sleep(0.05)
+    killed: int = await eventually(
+        lambda: _kill_named_clients(cluster), timeout=within, interval=0.05
+    )
     return killed
 
 
