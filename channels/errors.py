@@ -42,6 +42,10 @@ class Reason(StrEnum):
     CHANNEL_DISABLED = "channel_disabled"
     NO_CONTACT = "no_contact"
     INVALID_ADDRESS = "invalid_address"
+    # the outbound URL policy refused the destination (not allowlisted, private address, ...)
+    URL_REFUSED = "url_refused"
+    # the alert's title or body holds control characters (a row written around validation)
+    INVALID_CONTENT = "invalid_content"
     RENDER_ERROR = "render_error"
     INTERNAL_ERROR = "internal_error"
     EXPIRED = "expired"
@@ -51,6 +55,7 @@ class Reason(StrEnum):
     ALERT_EXPIRED = "alert_expired"
     RECIPIENT_REMOVED = "recipient_removed"
     PURGED = "purged"
+    DUPLICATE = "duplicate"
 
 
 class DeliveryError(Exception):

@@ -81,8 +81,10 @@ class Recipient(SQLModel, table=True):
     username: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     email: str | None = Field(default=None, sa_column=Column(String(320)))
     wecom_userid: str | None = Field(default=None, sa_column=Column(String(64)))
-    # A WeCom webhook URL carries its key: it is a secret and is never printed.
-    wecom_webhook: str | None = Field(default=None, sa_column=Column(String(512)))
+    # A recipient's own WeCom robot, kept apart: the origin (scheme://host[:port]) is shown,
+    # the key is the credential and is masked in every view.
+    wecom_webhook_origin: str | None = Field(default=None, sa_column=Column(String(256)))
+    wecom_webhook_key: str | None = Field(default=None, sa_column=Column(String(128)))
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
 
@@ -119,6 +121,10 @@ class Alert(SQLModel, table=True):
     resolved_at: datetime | None = _utc(nullable=True)
     expires_at: datetime | None = _utc(nullable=True)
     processed_at: datetime | None = _utc(nullable=True, index=True)
+    # A repeat with the same key within DEDUP_WINDOW notifies nobody (SUPPRESSED duplicate).
+    dedup_key: str | None = Field(default=None, sa_column=Column(String(200), index=True))
+    # Mention everyone in WeCom groups; only allowed on critical alerts.
+    mention_all: bool = False
 
 
 class AlertRecipient(SQLModel, table=True):
@@ -208,3 +214,30 @@ class JobRun(SQLModel, table=True):
     finished_at: datetime = _utc()
     outcome: str = Field(sa_column=Column(String(16), nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Installation(SQLModel, table=True):
+    """The one row naming this installation, made by `tocsin db upgrade` (e.g. for Message-IDs)."""
+
+    __tablename__ = "installation"
+
+    id: int = Field(default=1, primary_key=True)
+    installation_id: str = Field(sa_column=Column(String(36), nullable=False))
+    created_at: datetime = _utc()
+
+
+class AuditRecord(SQLModel, table=True):
+    """One operator action that changed notifications in bulk: who, when, what, which rows."""
+
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _utc(index=True)
+    # The OS user of a CLI run or the name of an API token.
+    actor: str = Field(sa_column=Column(String(128), nullable=False))
+    action: str = Field(sa_column=Column(String(32), nullable=False))
+    # The selection as JSON (filters, --all, rate), so the record says why these rows.
+    selection: str = Field(sa_column=Column(Text, nullable=False))
+    count: int
+    # The affected notification ids as a JSON array.
+    ids: str = Field(sa_column=Column(Text, nullable=False))
