@@ -67,7 +67,8 @@ class Settings(BaseSettings):
         timedelta(seconds=10), validation_alias=_env("BROKER_TIMEOUT")
     )
 
-    metrics_addr: str = Field("0.0.0.0", validation_alias=_env("METRICS_ADDR"))
+    # All interfaces, so Prometheus can scrape /metrics from another container.
+    metrics_addr: str = Field("0.0.0.0", validation_alias=_env("METRICS_ADDR"))  # noqa: S104
     # 0 lets the OS pick a free port (logged at start-up); -1 serves no /metrics at all.
     metrics_port: int = Field(9464, ge=-1, le=65535, validation_alias=_env("METRICS_PORT"))
 

@@ -178,18 +178,22 @@ class Relay:
                 fallback="inline" if self._inline else "none",
             )
             if self._inline is not None:
-                return await self._deliver_inline(channel, ids)
+                return await self._deliver_inline(self._inline, channel, ids)
             await self._back_to_pending(ids)
             return False
         self._metrics.broker_up.set(1)
         return True
 
-    async def _deliver_inline(self, channel: str, ids: Sequence[int]) -> bool:
+    async def _deliver_inline(
+        self,
+        inline: Callable[[str, Sequence[int]], Awaitable[object]],
+        channel: str,
+        ids: Sequence[int],
+    ) -> bool:
         # The rows are QUEUED and leased to us: deliver them here, as the seed system did when
         # its Redis queue was down. A failure leaves them leased; expiry publishes them again.
-        assert self._inline is not None
         try:
-            await self._inline(channel, ids)
+            await inline(channel, ids)
         except Exception:
             log.exception("relay_inline_dispatch_failed", channel=channel, count=len(ids))
             return False

@@ -169,10 +169,33 @@ def test_processes_get_their_shutdown_grace_before_docker_kills_them(
 
 def test_dockerfile_builds_the_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert "FROM python:3.11-slim" in dockerfile
     assert re.search(r"pip install .*/tmp/tocsin|pip install \.", dockerfile)
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert {".venv", ".git", ".env"} <= set(ignored)
+    assert "requirements.lock" not in ignored
+
+
+def test_dockerfile_base_has_the_cpython_email_fixes() -> None:
+    # CVE-2024-6923 and CVE-2023-27043 are fixed in 3.12.6; an unpinned tag could go back.
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    base = re.search(r"^FROM python:3\.12\.(\d+)-slim(-\w+)?$", dockerfile, re.MULTILINE)
+    assert base, "the base image is python:3.12.N-slim, pinned to a patch release"
+    assert int(base[1]) >= 6
+
+
+def test_dockerfile_installs_dependencies_only_from_the_hashed_lock() -> None:
+    runs = [
+        line for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if line.startswith("RUN pip install")
+    ]  # fmt: skip
+    assert any("--require-hashes -r /tmp/requirements.lock" in line for line in runs)
+    package = [line for line in runs if "/tmp/tocsin" in line]
+    assert package and all("--no-deps" in line for line in package)
+
+
+def test_dockerfile_runs_as_an_unprivileged_user() -> None:
+    users = re.findall(r"^USER (\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert users and users[-1] not in {"root", "0"}
 
 
 def _command_path(command: list[str] | str) -> list[str]:
