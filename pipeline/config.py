@@ -67,8 +67,8 @@ class Settings(BaseSettings):
         timedelta(seconds=10), validation_alias=_env("BROKER_TIMEOUT")
     )
 
-    # All interfaces, so Prometheus can scrape /metrics from another container.
-    metrics_addr: str = Field("0.0.0.0", validation_alias=_env("METRICS_ADDR"))  # noqa: S104
+    # Loopback unless set: METRICS_ADDR=0.0.0.0 lets Prometheus in another container scrape.
+    metrics_addr: str = Field("127.0.0.1", validation_alias=_env("METRICS_ADDR"))
     # 0 lets the OS pick a free port (logged at start-up); -1 serves no /metrics at all.
     metrics_port: int = Field(9464, ge=-1, le=65535, validation_alias=_env("METRICS_PORT"))
 

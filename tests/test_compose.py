@@ -20,17 +20,31 @@ import typer.main
 import yaml
 from pydantic import AliasChoices
 
-from monitoring.alertmanager.wecom_relay import settings
+from monitoring.alertmanager.wecom_relay import Config, settings
 from pipeline.config import Settings
 from pipeline.durations import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(__file__).resolve().parents[2] / "shared/schemas/compose-spec.json"
-# ${VAR}, ${VAR:-default} and ${VAR-default}, as Compose interpolates them.
-INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error} and ${VAR?error}, as Compose
+# interpolates them.
+INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 SECRET_NAME = re.compile(r"PASSWORD|PASS$|SECRET|TOKEN|WEBHOOK|KEY$")
+# Variables that are credentials or name an account: never a default, always required.
+CREDENTIAL_NAME = re.compile(r"PASSWORD|PASS$|SECRET|TOKEN|USER")
 RELAY = "wecom-robot-relay"
+# The only ports published on the host: the web pages of the stack, on loopback.
+# Documented in the compose header and docs/operations.md; a port added here must bind
+# 127.0.0.1 too (test_host_ports_bind_loopback_only).
+PUBLISHED = {
+    "mailpit": ["127.0.0.1:8025:8025"],
+    "prometheus": ["127.0.0.1:9091:9090"],
+    "alertmanager": ["127.0.0.1:9093:9093"],
+    "grafana": ["127.0.0.1:3001:3000"],
+}
+# (service, container port) allowed to bind beyond the host's loopback, with the reason.
+PUBLIC_PORTS: dict[tuple[str, str], str] = {}
 
 
 def _load() -> dict[str, Any]:
@@ -58,7 +72,23 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def _interpolate(value: str) -> str:
-    return INTERPOLATION.sub(lambda match: match.group("default") or "", value)
+    """value as Compose would make it, a required variable standing in as its name in lower case."""
+
+    def one(match: re.Match[str]) -> str:
+        if (match["op"] or "").endswith("?"):
+            return f"{match['name'].lower()}-from-env"
+        return match["arg"] or ""
+
+    return INTERPOLATION.sub(one, value)
+
+
+def _strings(node: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every (path, string) in a loaded YAML document: keys are not included, values are."""
+    if isinstance(node, dict):
+        return [item for key, value in node.items() for item in _strings(value, f"{where}.{key}")]
+    if isinstance(node, list):
+        return [item for i, value in enumerate(node) for item in _strings(value, f"{where}[{i}]")]
+    return [(where, str(node))] if node is not None else []
 
 
 def _settings_aliases() -> set[str]:
@@ -118,8 +148,7 @@ def test_urls_and_hosts_name_compose_services(compose: dict[str, Any]) -> None:
         rabbitmq["RABBITMQ_DEFAULT_PASS"],
     )
     assert env["EMAIL_SMTP_SERVER"] in services
-    smtp_ports = {str(port).rsplit(":", 1)[-1] for port in services["mailpit"]["ports"]}
-    assert env["EMAIL_SMTP_PORT"] in smtp_ports
+    assert env["EMAIL_SMTP_PORT"] in [str(port) for port in services["mailpit"]["expose"]]
 
 
 def test_dependencies_name_services(compose: dict[str, Any]) -> None:
@@ -142,16 +171,78 @@ def test_secrets_only_come_from_the_environment(compose: dict[str, Any]) -> None
                 assert password in (None, "interpolated"), f"{name}.{key} embeds a password"
 
 
+def _published(mapping: object) -> tuple[str, str]:
+    """(host IP, container port) of a `ports` entry, short or long syntax ("" = all IPs)."""
+    if isinstance(mapping, dict):
+        return str(mapping.get("host_ip", "")), str(mapping["target"])
+    parts = str(mapping).split(":")
+    host_ip = parts[0] if len(parts) == 3 else ""
+    return host_ip, parts[-1].split("/")[0]
+
+
+def test_host_ports_bind_loopback_only(compose: dict[str, Any]) -> None:
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if "ports" in svc}
+    assert published == PUBLISHED, "publish only what a user asked for, and document it"
+    for name, ports in published.items():
+        for mapping in ports:
+            host_ip, target = _published(mapping)
+            if (name, target) in PUBLIC_PORTS:
+                continue
+            assert host_ip == "127.0.0.1", f"{name} publishes {mapping} beyond loopback"
+
+
+def test_no_credential_has_a_default(compose: dict[str, Any]) -> None:
+    required = set()
+    for where, value in _strings(compose):
+        for match in INTERPOLATION.finditer(value):
+            name, op, arg = match["name"], match["op"] or "", match["arg"]
+            if CREDENTIAL_NAME.search(name):
+                # ${X:?...} or ${X?...}: Compose stops when it is missing; no fallback.
+                assert op.endswith("?"), (
+                    f"{where}: {name} must be required (${{{name}:?...}}), not defaulted"
+                )
+                required.add(name)
+            elif SECRET_NAME.search(name):
+                assert not arg, f"{where}: {name} defaults to a secret"
+    assert {
+        "POSTGRES_PASSWORD",
+        "RABBITMQ_USER",
+        "RABBITMQ_PASSWORD",
+        "GRAFANA_ADMIN_USER",
+        "GRAFANA_ADMIN_PASSWORD",
+        "WECOM_RELAY_TOKEN",
+    } <= required
+    for where, value in _strings(compose):
+        assert "guest" not in value.lower(), f"{where}: RabbitMQ's guest account"
+    for name, service in compose["services"].items():
+        for key, value in _environment(service).items():
+            if CREDENTIAL_NAME.search(key):
+                assert value.lower() not in {"admin", "guest", "root", "password"}, (
+                    f"{name}.{key} is a well-known credential"
+                )
+
+
+def test_no_service_offers_an_admin_or_lifecycle_api(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        command = service.get("command", [])
+        words = command.split() if isinstance(command, str) else [str(w) for w in command]
+        for flag in ("--web.enable-lifecycle", "--web.enable-admin-api"):
+            assert not [w for w in words if w.startswith(flag)], f"{name} enables {flag}"
+
+
 def test_metrics_ports_match_metrics_port(compose: dict[str, Any]) -> None:
     served = 0
     for name, service in _tocsin_services(compose).items():
-        port = _environment(service).get("METRICS_PORT")
+        env = _environment(service)
+        port = env.get("METRICS_PORT")
         if port is None or name == "migrate":
             continue
         served += 1
         assert [str(p) for p in service.get("expose", [])] == [port], name
-        for mapping in service.get("ports", []):
-            assert str(mapping).rsplit(":", 1)[-1] == port, f"{name} publishes {mapping}"
+        # Prometheus scrapes on the compose network, so inside it /metrics listens on every
+        # interface (Tocsin's default is loopback); on the host it is not published.
+        assert env.get("METRICS_ADDR") == "0.0.0.0", name
+        assert "ports" not in service, f"{name} publishes {service['ports']}"
     assert served >= 2
     assert f"EXPOSE {compose['x-tocsin-env']['METRICS_PORT']}" in (ROOT / "Dockerfile").read_text()
 
@@ -236,9 +327,9 @@ def test_commands_are_real_cli_commands(compose: dict[str, Any]) -> None:
 # --- monitoring: Prometheus, Alertmanager and Grafana wired to monitoring/ ---------------
 
 MONITORING = {
-    "prometheus": ("prom/prometheus:v2.54.1", "9091:9090"),
-    "alertmanager": ("quay.io/prometheus/alertmanager:v0.27.0", "9093:9093"),
-    "grafana": ("grafana/grafana:11.0.0", "3001:3000"),
+    "prometheus": ("prom/prometheus:v2.54.1", "127.0.0.1:9091:9090"),
+    "alertmanager": ("quay.io/prometheus/alertmanager:v0.27.0", "127.0.0.1:9093:9093"),
+    "grafana": ("grafana/grafana:11.0.0", "127.0.0.1:3001:3000"),
 }
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
@@ -342,12 +433,24 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards(
 # --- the WeCom robot relay: Alertmanager's wecom-oncall receiver posts to it ---------------
 
 RELAY_MODULE = "monitoring.alertmanager.wecom_relay"
-RELAY_ENV = {"WECOM_RELAY_LISTEN", "WECOM_ROBOT_BASE_URL", "WECOM_ROBOT_TIMEOUT"}
+RELAY_ENV = {
+    "WECOM_RELAY_LISTEN",
+    "WECOM_RELAY_TOKEN",
+    "WECOM_RELAY_ROBOTS",
+    "WECOM_ROBOT_BASE_URL",
+    "WECOM_ROBOT_TIMEOUT",
+}
 
 
-def _relay_settings(compose: dict[str, Any]) -> tuple[str, int, str, float]:
+def _relay_settings(compose: dict[str, Any]) -> Config:
     env = {k: _interpolate(v) for k, v in _environment(compose["services"][RELAY]).items()}
     return settings(env)
+
+
+def _relay_routes(compose: dict[str, Any]) -> dict[str, str]:
+    """Route -> the ${...} its key comes from, as the relay's WECOM_RELAY_ROBOTS names them."""
+    robots = _environment(compose["services"][RELAY])["WECOM_RELAY_ROBOTS"]
+    return dict(item.split("=", 1) for item in robots.replace(",", " ").split())
 
 
 def test_wecom_relay_service_runs_the_relay_alone(compose: dict[str, Any]) -> None:
@@ -363,18 +466,21 @@ def test_wecom_relay_service_runs_the_relay_alone(compose: dict[str, Any]) -> No
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     assert find["find"].get("namespaces", True) is True
     assert any(fnmatch(module.rpartition(".")[0], pattern) for pattern in find["find"]["include"])
-    # Independent of Tocsin: none of its settings, no secret (the key comes with each request).
+    # Independent of Tocsin: none of its settings. It holds the robot keys and its token.
     env = _environment(relay)
     assert set(env) <= RELAY_ENV
     assert not set(env) & set(compose["x-tocsin-env"])
     assert "depends_on" not in relay
-    host, port, base_url, _ = _relay_settings(compose)
-    assert host == "0.0.0.0"
-    assert base_url == "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
-    assert [str(p) for p in relay["expose"]] == [str(port)]
+    config = _relay_settings(compose)
+    assert config.host == "0.0.0.0"  # inside the compose network: Alertmanager's container
+    assert config.base_url == "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
+    assert [str(p) for p in relay["expose"]] == [str(config.port)]
     assert "ports" not in relay, "the relay needs no published port"
     probe = " ".join(relay["healthcheck"]["test"])
-    assert f"http://127.0.0.1:{port}/healthz" in probe
+    # /healthz is the one request the relay answers without the token.
+    assert f"http://127.0.0.1:{config.port}/healthz" in probe
+    for route, key in _relay_routes(compose).items():
+        assert INTERPOLATION.fullmatch(key), f"route {route}: its key is not from the environment"
 
 
 def test_alertmanager_receiver_posts_to_the_relay(compose: dict[str, Any]) -> None:
@@ -388,8 +494,16 @@ def test_alertmanager_receiver_posts_to_the_relay(compose: dict[str, Any]) -> No
     (receiver,) = [r for r in config["receivers"] if r["name"] == "wecom-oncall"]
     (webhook,) = receiver["webhook_configs"]
     url = urlsplit(webhook["url"])
-    _, port, _, _ = _relay_settings(compose)
     assert url.hostname == RELAY
-    assert url.port == port
-    assert url.path == "/alertmanager"
-    assert url.query == "key=${ALERT_WECOM_ROBOT_KEY}"
+    assert url.port == _relay_settings(compose).port
+    # A route the relay has a robot for, chosen by name: no key, no query string.
+    route = url.path.removeprefix("/alertmanager/")
+    assert url.path == f"/alertmanager/{route}"
+    assert route in _relay_routes(compose)
+    assert not url.query
+    # Alertmanager sends the relay's own token, from the same variable.
+    (placeholder,) = PLACEHOLDER.findall(webhook["http_config"]["authorization"]["credentials"])
+    relay_token = _environment(services[RELAY])["WECOM_RELAY_TOKEN"]
+    assert _environment(alertmanager)[placeholder] == relay_token
+    token = INTERPOLATION.fullmatch(relay_token)
+    assert token and token["name"] == "WECOM_RELAY_TOKEN" and token["op"] == ":?"

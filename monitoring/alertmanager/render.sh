@@ -25,7 +25,7 @@ case "${ALERT_SMTP_REQUIRE_TLS:-true}" in
     ;;
 esac
 
-# The rendered file holds the SMTP password and the robot key: readable by its owner only.
+# The rendered file holds the SMTP password and the relay token: readable by its owner only.
 umask 077
 if ! awk -v require_tls="${ALERT_SMTP_REQUIRE_TLS:-true}" '
   function quoted(value,    out, i, c) {

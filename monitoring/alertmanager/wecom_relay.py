@@ -1,20 +1,26 @@
-"""Relays Alertmanager webhook notifications to a WeCom group robot as markdown messages.
+"""Relays Alertmanager webhook notifications to WeCom group robots as markdown messages.
 
 Alertmanager has no WeCom receiver and cannot template a webhook body, so its `wecom-oncall`
 receiver posts here:
 
-    POST /alertmanager?key=ROBOT   Alertmanager webhook JSON (version 4)
-    GET  /healthz                      200 while serving
+    POST /alertmanager/ROUTE   Alertmanager webhook JSON (version 4), with the header
+                               `Authorization: Bearer TOKEN`
+    GET  /healthz              200 while serving (the only request without the token)
 
-and this turns each notification into one `markdown` message for the robot whose key came
-with the request (the Alertmanager configuration owns the secret; this process holds none).
+and this turns each notification into one `markdown` message for the robot configured for
+ROUTE. The relay holds the token and the robot keys: a request without the token gets 401,
+one for an unknown route 404, and one with a query string 400, so a caller can choose a
+configured robot by name but never supply a key or a URL. Alert text is escaped: labels and
+annotations cannot mention (`<@all>`), link, colour or emphasise.
 
 Alerts about Tocsin must not depend on Tocsin: this module uses only the standard library and
 aiohttp, and imports nothing from Tocsin's packages. Run it with
 
     python -m monitoring.alertmanager.wecom_relay    (or: python .../wecom_relay.py)
 
-    WECOM_RELAY_LISTEN     host:port to serve on            (default 0.0.0.0:8080)
+    WECOM_RELAY_TOKEN      the bearer token, 16+ printable ASCII characters (required)
+    WECOM_RELAY_ROBOTS     `route=KEY,route=KEY`: the robots it posts to
+    WECOM_RELAY_LISTEN     host:port to serve on            (default 127.0.0.1:8080)
     WECOM_ROBOT_BASE_URL   the robot's send endpoint        (default WeCom's own)
     WECOM_ROBOT_TIMEOUT    seconds to wait for the robot    (default 10)
 
@@ -22,27 +28,29 @@ Answers to Alertmanager follow the robot's `errcode` (never its `errmsg`): 0 -> 
 rate limited (45009, 45033), busy (-1, 6000), HTTP 5xx/429, timeouts and connection errors
 -> 503, so Alertmanager retries; any other errcode or HTTP status (93000: unknown key or
 robot removed, ...) -> 500, which is logged with its errcode for an operator to fix.
-The key never appears in a log line or a response body: logs name a robot by a short
-fingerprint (the first hex digits of the key's SHA-256).
+Logs and response bodies name a robot by its route, never by its key.
 """
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
 
-DEFAULT_LISTEN = "0.0.0.0:8080"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_LISTEN = f"{DEFAULT_HOST}:8080"
 DEFAULT_BASE_URL = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
 DEFAULT_TIMEOUT = 10.0
 # WeCom's markdown content limit, in UTF-8 bytes.
@@ -62,6 +70,12 @@ DEFAULT_COLOUR = "comment"
 SHOWN_LABELS = frozenset({"alertname", "severity", "channel"})
 
 KEY_IN_TEXT = re.compile(r"(key=)[^&\s'\"<>]+", re.IGNORECASE)
+TOKEN_FORMAT = re.compile(r"[!-~]{16,}")
+ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Characters WeCom markdown (or the HTML it passes through) would read as syntax.
+MARKDOWN_SYNTAX = re.compile(r"([\\\[\]()*_`#~|])")
+# What a link target keeps unencoded: no ( ) < > ` | space, so it cannot end early.
+URL_SAFE = ":/?#[]@!$&'*+,;=%~"
 
 log = logging.getLogger("wecom_relay")
 
@@ -86,6 +100,12 @@ def truncate(text: str, limit: int, marker: str = MARKER) -> str:
     return cut.rstrip() + marker
 
 
+def escape(text: str) -> str:
+    """Alert data as literal markdown text: no tag, mention, link or emphasis survives."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MARKDOWN_SYNTAX.sub(r"\\\1", text)
+
+
 def _strings(value: Any) -> dict[str, str]:
     if not isinstance(value, Mapping):
         return {}
@@ -94,6 +114,10 @@ def _strings(value: Any) -> dict[str, str]:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _text(text: str) -> str:
+    return escape(_one_line(text))
 
 
 def _colour(alert: Mapping[str, Any]) -> str:
@@ -115,19 +139,9 @@ def _time(value: Any) -> str | None:
 def _link(label: str, url: str) -> str:
     url = url.strip()
     if re.match(r"https?://", url, re.IGNORECASE):
-        safe = url.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
-        return f"[{label}]({safe})"
+        return f"[{label}]({quote(url, safe=URL_SAFE)})"
     # A relative runbook path opens nowhere from a chat: show it as text.
-    return f"{label}: `{url}`"
-
-
-def _names(alerts: Iterable[Mapping[str, Any]], label: str) -> list[str]:
-    seen: dict[str, None] = {}
-    for alert in alerts:
-        value = _strings(alert.get("labels")).get(label)
-        if value:
-            seen.setdefault(value, None)
-    return list(seen)
+    return f"{label}: {_text(url)}"
 
 
 def _group_value(payload: Mapping[str, Any], alerts: list[Mapping[str, Any]], label: str) -> str:
@@ -135,10 +149,9 @@ def _group_value(payload: Mapping[str, Any], alerts: list[Mapping[str, Any]], la
         value = _strings(payload.get(source)).get(label)
         if value:
             return value
-    names = _names(alerts, label)
-    if len(names) > 3:
-        names = [*names[:3], MARKER]
-    return ", ".join(names)
+    values = (_strings(alert.get("labels")).get(label) for alert in alerts)
+    names = list(dict.fromkeys(value for value in values if value))
+    return ", ".join(names if len(names) <= 3 else [*names[:3], MARKER])
 
 
 def heading(payload: Mapping[str, Any]) -> str:
@@ -152,8 +165,8 @@ def heading(payload: Mapping[str, Any]) -> str:
         colours = {_colour(a) for a in firing}
         colour = "warning" if "warning" in colours else DEFAULT_COLOUR
         count = len(firing)
-    title = _one_line(_group_value(payload, alerts, "alertname")) or "alert"
-    channel = _one_line(_group_value(payload, alerts, "channel"))
+    title = _text(_group_value(payload, alerts, "alertname")) or "alert"
+    channel = _text(_group_value(payload, alerts, "channel"))
     where = f" · channel {channel}" if channel else ""
     return f'## <font color="{colour}">[{status}:{count}]</font> {title}{where}'
 
@@ -163,19 +176,19 @@ def alert_block(alert: Mapping[str, Any]) -> str:
     labels = _strings(alert.get("labels"))
     annotations = _strings(alert.get("annotations"))
     resolved = alert.get("status") == "resolved"
-    severity = labels.get("severity", "unknown") + (" · resolved" if resolved else "")
-    summary = _one_line(annotations.get("summary", "")) or labels.get("alertname", "")
+    severity = _text(labels.get("severity", "unknown")) + (" · resolved" if resolved else "")
+    summary = _text(annotations.get("summary", "")) or _text(labels.get("alertname", ""))
     lines = [
         f'**<font color="{_colour(alert)}">{severity}</font>** '
         + truncate(summary, MAX_SUMMARY_BYTES)
     ]
     description = annotations.get("description", "").strip()
     if description:
-        lines.append("> " + truncate(_one_line(description), MAX_DESCRIPTION_BYTES))
+        lines.append("> " + truncate(_text(description), MAX_DESCRIPTION_BYTES))
     when = _time(alert.get("endsAt")) if resolved else _time(alert.get("startsAt"))
     if when:
-        lines.append(f"{'Resolved' if resolved else 'Since'}: {when}")
-    others = [f"{k}={v}" for k, v in sorted(labels.items()) if k not in SHOWN_LABELS]
+        lines.append(f"{'Resolved' if resolved else 'Since'}: {_text(when)}")
+    others = [f"{_text(k)}={_text(v)}" for k, v in sorted(labels.items()) if k not in SHOWN_LABELS]
     if others:
         lines.append(truncate("Labels: " + ", ".join(others), MAX_SUMMARY_BYTES))
     links = [
@@ -242,11 +255,6 @@ def message(payload: Mapping[str, Any]) -> dict[str, Any]:
 # --- the robot ---------------------------------------------------------------------------
 
 
-def fingerprint(key: str) -> str:
-    """Names a robot in logs without revealing its key."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
-
-
 def mask(text: str, key: str | None = None) -> str:
     """text with the key, and anything that looks like `key=...`, replaced by ***."""
     if key:
@@ -264,12 +272,8 @@ class Outcome:
     detail: str = ""
 
     def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"status": self.result}
-        if self.errcode is not None:
-            body["errcode"] = self.errcode
-        if self.detail:
-            body["detail"] = self.detail
-        return body
+        body = {"status": self.result, "errcode": self.errcode, "detail": self.detail}
+        return {name: value for name, value in body.items() if value not in (None, "")}
 
 
 def classify(http_status: int, answer: Any) -> Outcome:
@@ -327,72 +331,94 @@ class Robot:
             return Outcome(503, "retry", detail=detail)
 
 
+@dataclass(frozen=True)
+class Config:
+    """The relay's settings; its repr shows neither the token nor a robot key."""
+
+    token: str = field(repr=False)
+    robots: Mapping[str, str] = field(repr=False)
+    host: str = DEFAULT_HOST
+    port: int = 8080
+    base_url: str = DEFAULT_BASE_URL
+    timeout: float = DEFAULT_TIMEOUT
+
+
 ROBOT = web.AppKey("robot", Robot)
+CONFIG = web.AppKey("config", Config)
 
 
 # --- the web application -----------------------------------------------------------------
+
+
+def _authorized(request: web.Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest: the time taken tells nothing about how much of the token matched.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8"), token.encode("utf-8")
+    )
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers 401 to every request but /healthz that lacks the configured bearer token."""
+    if request.path == "/healthz" or _authorized(request, request.app[CONFIG].token):
+        return await handler(request)
+    log.warning("refused a request from %s: no valid bearer token", request.remote)
+    return web.json_response(
+        {"status": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _bad_request(reason: str) -> web.Response:
-    log.warning("rejected a notification: %s", reason)
-    return web.json_response({"status": "bad_request", "detail": reason}, status=400)
+def _refuse(status: int, result: str, reason: str) -> web.Response:
+    log.warning("refused a notification: %s", reason)
+    return web.json_response({"status": result, "detail": reason}, status=status)
 
 
 async def alertmanager(request: web.Request) -> web.Response:
-    key = request.query.get("key", "").strip()
-    if not key:
-        return _bad_request("no key query parameter")
-    robot = fingerprint(key)
+    if request.query_string:
+        return _refuse(400, "bad_request", "no query string: robots come from the relay's config")
+    route = request.match_info["route"]
+    key = request.app[CONFIG].robots.get(route)
+    if key is None:
+        log.warning("refused a notification: no robot is configured for route %r", route[:64])
+        detail = "no robot is configured for this route"
+        return web.json_response({"status": "unknown_route", "detail": detail}, status=404)
     try:
         payload = json.loads(await request.read())
     except ValueError:
-        return _bad_request("body is not JSON")
+        return _refuse(400, "bad_request", "body is not JSON")
     if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
-        return _bad_request("body is not an Alertmanager webhook payload (no alerts list)")
+        return _refuse(400, "bad_request", "body is not an Alertmanager webhook payload")
     alerts = _alerts(payload)
-    summary = (
+    summary = _one_line(
         f"{payload.get('status', '?')} {_group_value(payload, alerts, 'alertname') or '?'}"
         f" ({len(alerts)} alert(s))"
     )
     try:
         outcome = await request.app[ROBOT].send(key, message(payload))
     except Exception as exc:  # answered and logged, key masked
-        log.error("robot %s: %s not relayed: %s", robot, summary, mask(repr(exc), key))
+        log.error("route %s: %s not relayed: %s", route, summary, mask(repr(exc), key))
         return web.json_response({"status": "error", "detail": "internal error"}, status=500)
+    level, verdict = {
+        200: (logging.INFO, "relayed"),
+        503: (logging.WARNING, "not relayed: Alertmanager will retry"),
+    }.get(outcome.status, (logging.ERROR, "rejected: check the robot key and the message"))
     errcode = "-" if outcome.errcode is None else outcome.errcode
     detail = f" ({outcome.detail})" if outcome.detail else ""
-    if outcome.status == 200:
-        log.info("robot %s: relayed %s", robot, summary)
-    elif outcome.status == 503:
-        log.warning(
-            "robot %s: %s not relayed, errcode=%s%s: Alertmanager will retry",
-            robot,
-            summary,
-            errcode,
-            detail,
-        )
-    else:
-        log.error(
-            "robot %s: %s rejected, errcode=%s%s: check the robot key and the message",
-            robot,
-            summary,
-            errcode,
-            detail,
-        )
+    log.log(level, "route %s: %s %s, errcode=%s%s", route, summary, verdict, errcode, detail)
     headers = {"Retry-After": "60"} if outcome.result == "rate_limited" else None
     return web.json_response(outcome.body(), status=outcome.status, headers=headers)
 
 
-def create_app(
-    base_url: str = DEFAULT_BASE_URL, timeout: float = DEFAULT_TIMEOUT
-) -> web.Application:
-    """The relay's aiohttp application, posting to the robot endpoint at base_url."""
-    app = web.Application()
-    app[ROBOT] = Robot(base_url, timeout)
+def create_app(config: Config) -> web.Application:
+    """The relay's aiohttp application, posting to the robots config names."""
+    app = web.Application(middlewares=[require_token])
+    app[CONFIG] = config
+    app[ROBOT] = Robot(config.base_url, config.timeout)
 
     async def robot_session(app: web.Application) -> AsyncIterator[None]:
         await app[ROBOT].open()
@@ -401,12 +427,12 @@ def create_app(
 
     app.cleanup_ctx.append(robot_session)
     app.router.add_get("/healthz", healthz)
-    app.router.add_post("/alertmanager", alertmanager)
+    app.router.add_post("/alertmanager/{route}", alertmanager)
     return app
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Logs the path without the query string: the query holds the robot key."""
+    """Logs the path without the query string: a misconfigured sender may put a key there."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info("%s %s %s %.3fs", request.method, request.path, response.status, time)
@@ -432,16 +458,28 @@ class _MaskKeys(logging.Filter):
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    """`host:port`, `[v6]:port` or `:port` (loopback) -> (host, port)."""
     host, sep, port = value.strip().rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"WECOM_RELAY_LISTEN={value!r} is not host:port")
-    # ":port" is the operator asking for every interface, as documented above.
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104
+    return host.strip("[]") or DEFAULT_HOST, int(port)
 
 
-def settings(env: Mapping[str, str]) -> tuple[str, int, str, float]:
-    """(host, port, base_url, timeout) from the environment; ValueError when invalid."""
+def parse_robots(value: str) -> dict[str, str]:
+    """`route=KEY,route=KEY` -> {route: key}; a route with an empty key is left out."""
+    robots: dict[str, str] = {}
+    for item in value.replace(",", " ").split():
+        route, sep, key = item.partition("=")
+        # The message never quotes the value: it holds keys.
+        if not sep or not ROUTE_NAME.fullmatch(route) or route in robots:
+            raise ValueError("WECOM_RELAY_ROBOTS must be route=KEY pairs, each route once")
+        if key:
+            robots[route] = key
+    return robots
+
+
+def settings(env: Mapping[str, str]) -> Config:
+    """The relay's Config from the environment; ValueError when invalid (no secret in it)."""
     host, port = parse_listen(env.get("WECOM_RELAY_LISTEN") or DEFAULT_LISTEN)
     base_url = (env.get("WECOM_ROBOT_BASE_URL") or DEFAULT_BASE_URL).strip()
     if not re.match(r"https?://[^/?#]+", base_url) or "?" in base_url:
@@ -452,7 +490,14 @@ def settings(env: Mapping[str, str]) -> tuple[str, int, str, float]:
         raise ValueError("WECOM_ROBOT_TIMEOUT must be a number of seconds") from None
     if timeout <= 0:
         raise ValueError("WECOM_ROBOT_TIMEOUT must be positive")
-    return host, port, base_url, timeout
+    token = env.get("WECOM_RELAY_TOKEN", "").strip()
+    if not TOKEN_FORMAT.fullmatch(token):
+        raise ValueError(
+            "WECOM_RELAY_TOKEN must be set to 16 or more printable ASCII characters (no"
+            " spaces): every request but /healthz must carry it as `Authorization: Bearer ...`"
+        )
+    robots = parse_robots(env.get("WECOM_RELAY_ROBOTS", ""))
+    return Config(token, robots, host, port, base_url, timeout)
 
 
 def main(env: Mapping[str, str] | None = None) -> int:
@@ -461,15 +506,20 @@ def main(env: Mapping[str, str] | None = None) -> int:
     handler.addFilter(_MaskKeys())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     try:
-        host, port, base_url, timeout = settings(os.environ if env is None else env)
+        config = settings(os.environ if env is None else env)
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    log.info("relaying to %s, listening on %s:%d", base_url, host, port)
+    routes = ", ".join(sorted(config.robots))
+    log.info(
+        "relaying routes [%s] to %s, on %s:%d", routes, config.base_url, config.host, config.port
+    )
+    if not config.robots:
+        log.warning("WECOM_RELAY_ROBOTS names no robot: every notification gets 404")
     web.run_app(
-        create_app(base_url, timeout),
-        host=host,
-        port=port,
+        create_app(config),
+        host=config.host,
+        port=config.port,
         access_log_class=AccessLogger,
         print=None,
         handle_signals=True,

@@ -40,7 +40,8 @@ ENV = {
     "ALERT_SMTP_PASSWORD": NASTY_PASSWORD,
     "ALERT_EMAIL_WARNING": "ops@example.com",
     "ALERT_EMAIL_CRITICAL": "oncall@example.com",
-    "ALERT_WECOM_ROBOT_KEY": "693a91f6-7xxx-4bc4-97a0-0ec2sifa5aaa",
+    # A token holding YAML's and the shell's special characters, like the password.
+    "WECOM_RELAY_TOKEN": 'tok"en\\#: &amp;-0123456789',
 }
 
 
@@ -85,9 +86,12 @@ def test_render_fills_every_placeholder_from_the_environment(rendered: Path) -> 
     assert config["global"]["smtp_require_tls"] is True
     receivers = {r["name"]: r for r in config["receivers"]}
     assert receivers["email-critical"]["email_configs"][0]["to"] == "oncall@example.com"
-    url = receivers["wecom-oncall"]["webhook_configs"][0]["url"]
-    assert url.endswith(f"key={ENV['ALERT_WECOM_ROBOT_KEY']}")
-    # It holds the SMTP password and the robot key.
+    (webhook,) = receivers["wecom-oncall"]["webhook_configs"]
+    # The relay picks the robot by route and holds its key; Alertmanager holds only the token.
+    assert webhook["url"] == "http://wecom-robot-relay:8080/alertmanager/oncall"
+    assert webhook["http_config"] == {"authorization": {"credentials": ENV["WECOM_RELAY_TOKEN"]}}
+    assert "key=" not in text
+    # It holds the SMTP password and the relay token.
     assert rendered.stat().st_mode & 0o077 == 0
 
 

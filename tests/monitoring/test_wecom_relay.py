@@ -2,7 +2,8 @@
 
 The relay runs in-process on a real loopback port (and, for the entry points, as its own
 process), posting to tests.support.wecom_server.WeComRobot, which checks msgtype and the
-4096-byte markdown limit and answers with WeCom's errcodes.
+4096-byte markdown limit and answers with WeCom's errcodes. Requests carry the relay's bearer
+token and name a route; the robot keys live only in the relay's Config.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ast
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,16 +27,22 @@ from aiohttp import web
 from monitoring.alertmanager import wecom_relay
 from monitoring.alertmanager.wecom_relay import (
     MAX_CONTENT_BYTES,
+    Config,
     create_app,
+    escape,
     mask,
     parse_listen,
+    parse_robots,
     render,
     runner,
     settings,
     truncate,
     utf8_size,
 )
+from tests.support.listeners import listening_sockets
 from tests.support.ports import free_port
+from tests.support.secrets import assert_no_secret
+from tests.support.waiting import eventually
 from tests.support.wecom_server import SEND_PATH, WeComRobot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +50,10 @@ MODULE = ROOT / "monitoring" / "alertmanager" / "wecom_relay.py"
 # Shaped like a real robot key: long enough that finding it in a log is no accident.
 KEY = "693a91f6-7b1c-4bc4-97a0-0ec2f1fa5aaa"
 OTHER_KEY = "0d5e7c11-aaaa-4bbb-8ccc-9dddeeeff000"
+TOKEN = "Xq3-relay-token-7f0e9c2b1a6d"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# oncall posts to the robot the fake server knows; stale to a key it does not (93000).
+ROBOTS = {"oncall": KEY, "stale": OTHER_KEY}
 TOCSIN_PACKAGES = ("pipeline", "workers", "channels", "migrations", "tests")
 # The tests' own HTTP client logs the URLs it requests, key included: not the relay's output.
 CLIENT_LOGGERS = ("httpx", "httpcore")
@@ -122,6 +134,10 @@ def relay_log(caplog: pytest.LogCaptureFixture) -> str:
     )
 
 
+def _app(base_url: str, timeout: float = 10.0) -> web.Application:
+    return create_app(Config(TOKEN, ROBOTS, base_url=base_url, timeout=timeout))
+
+
 async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     app_runner = runner(app)
     await app_runner.setup()
@@ -136,25 +152,28 @@ async def relay(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the relay, which posts to the loopback robot."""
     caplog.set_level(logging.DEBUG)
-    app_runner, url = await _serve(create_app(robot.base_url + SEND_PATH, timeout=0.5))
+    app_runner, url = await _serve(_app(robot.base_url + SEND_PATH, timeout=0.5))
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=5.0, headers=AUTH) as client:
             yield client
     finally:
         await app_runner.cleanup()
 
 
 async def _post(
-    client: httpx.AsyncClient, payload: Any, key: str = KEY, raw: bytes | None = None
+    client: httpx.AsyncClient,
+    payload: Any,
+    route: str = "oncall",
+    raw: bytes | None = None,
+    **headers: str,
 ) -> httpx.Response:
     content = raw if raw is not None else httpx.Request("POST", "/", json=payload).content
     response = await client.post(
-        "/alertmanager",
-        params={"key": key},
+        f"/alertmanager/{route}",
         content=content,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **headers},
     )
-    assert key not in response.text
+    assert_no_secret(response.text, KEY, OTHER_KEY, TOKEN)
     return response
 
 
@@ -224,7 +243,7 @@ def test_alert_without_channel_and_relative_runbook() -> None:
 
     assert content.splitlines()[0].endswith("TocsinNoWorkerUp")
     # A relative link opens nowhere from a chat: it is shown as text.
-    assert "Runbook: `docs/runbooks.md#tocsinnoworkerup`" in content
+    assert "Runbook: docs/runbooks.md\\#tocsinnoworkerup" in content
 
 
 async def test_huge_cjk_description_is_cut_within_the_limit(
@@ -259,6 +278,63 @@ async def test_many_long_alerts_are_cut_within_the_limit(
     assert "more alert(s) not shown" in content
     assert "[Alertmanager](http://localhost:9093)" in content
     assert content.splitlines()[0].startswith('## <font color="warning">[FIRING:20]')
+
+
+INJECTIONS = {
+    "mention": "<@all>",
+    "link": "[x](http://evil.example)",
+    "font": '<font color="warning">fake</font>',
+    "emphasis": "**bold** _it_ ~~gone~~",
+    "code": "`code`",
+    "heading": "## FIRING:99",
+    "table": "a | b",
+    "entity": "&lt;@all&gt;",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("<@all>", "&lt;@all&gt;"),
+        ("[x](http://evil)", r"\[x\]\(http://evil\)"),
+        ('<font color="info">x</font>', '&lt;font color="info"&gt;x&lt;/font&gt;'),
+        ("&lt;", "&amp;lt;"),
+        (r"a\*b*_c_`d`#e~f|g", r"a\\\*b\*\_c\_\`d\`\#e\~f\|g"),
+        ("plain text, 中文 ok: 1.5 - 2", "plain text, 中文 ok: 1.5 - 2"),
+    ],
+)
+def test_escape_leaves_no_markup(text: str, shown: str) -> None:
+    assert escape(text) == shown
+
+
+async def test_alert_data_renders_literally(relay: httpx.AsyncClient, robot: WeComRobot) -> None:
+    alert = _alert(channel=INJECTIONS["mention"], severity=INJECTIONS["font"])
+    alert["labels"].update({f"x_{name}": value for name, value in INJECTIONS.items()})
+    alert["labels"]["alertname"] = INJECTIONS["link"]
+    alert["annotations"]["summary"] = " ".join(INJECTIONS.values())
+    alert["annotations"]["description"] = "line\n## heading <@all>\n> [y](http://evil.example)"
+    alert["annotations"]["runbook_url"] = "https://ok.example/a) [z](http://evil.example) <@all>"
+    alert["annotations"]["dashboard_url"] = "javascript:alert(1) <@all>"
+
+    response = await _post(relay, notification(alert))
+
+    assert response.status_code == 200
+    content = _content(robot)
+    # Only the relay's own markup is left: its <font> tags, quote marker and links.
+    ours = re.sub(r'<font color="\w+">|</font>', "", content)
+    assert "<" not in ours and "&lt;@all&gt;" in ours
+    assert escape(" ".join(INJECTIONS.values())) in content
+    assert [line for line in ours.splitlines() if ">" in line.replace("&gt;", "")] == [
+        "> line \\#\\# heading &lt;@all&gt; &gt; \\[y\\]\\(http://evil.example\\)"
+    ]
+    assert re.findall(r"(?<!\\)\[([^\]]*)\]\(", content) == ["Runbook", "Source", "Alertmanager"]
+    assert "(https://ok.example/a%29%20[z]%28http://evil.example%29%20%3C@all%3E)" in content
+    assert "Dashboard: javascript:alert\\(1\\) &lt;@all&gt;" in content
+    assert content.splitlines()[0].count("\\[x\\]\\(http://evil.example\\)") == 1
+    # No line can start a heading but the relay's own first one.
+    assert [line for line in content.splitlines() if line.startswith("#")] == [
+        content.splitlines()[0]
+    ]
 
 
 @pytest.mark.parametrize("limit", [0, 1, 3, 4, 5, 100, 4095, 4096])
@@ -305,9 +381,9 @@ async def test_transient_errcodes_answer_503(
 async def test_robot_rate_limit_answers_503(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     async with WeComRobot(keys=(KEY,), rate_per_minute=1) as robot:
-        app_runner, url = await _serve(create_app(robot.base_url + SEND_PATH))
+        app_runner, url = await _serve(_app(robot.base_url + SEND_PATH))
         try:
-            async with httpx.AsyncClient(base_url=url) as client:
+            async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
                 first = await _post(client, notification(_alert()))
                 second = await _post(client, notification(_alert()))
         finally:
@@ -323,7 +399,7 @@ async def test_robot_rate_limit_answers_503(caplog: pytest.LogCaptureFixture) ->
 async def test_unknown_key_is_an_error(
     relay: httpx.AsyncClient, robot: WeComRobot, caplog: pytest.LogCaptureFixture
 ) -> None:
-    response = await _post(relay, notification(_alert()), key=OTHER_KEY)
+    response = await _post(relay, notification(_alert()), route="stale")
 
     assert response.status_code == 500
     assert response.json() == {"status": "rejected", "errcode": 93000}
@@ -355,9 +431,9 @@ async def test_robot_timeout_answers_503(relay: httpx.AsyncClient, robot: WeComR
 
 async def test_robot_unreachable_answers_503(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    app_runner, url = await _serve(create_app(f"http://127.0.0.1:{free_port()}{SEND_PATH}"))
+    app_runner, url = await _serve(_app(f"http://127.0.0.1:{free_port()}{SEND_PATH}"))
     try:
-        async with httpx.AsyncClient(base_url=url) as client:
+        async with httpx.AsyncClient(base_url=url, headers=AUTH) as client:
             response = await _post(client, notification(_alert()))
     finally:
         await app_runner.cleanup()
@@ -369,8 +445,8 @@ async def test_robot_unreachable_answers_503(caplog: pytest.LogCaptureFixture) -
 # --- requests the relay refuses ------------------------------------------------------------
 
 
-async def test_healthz(relay: httpx.AsyncClient) -> None:
-    response = await relay.get("/healthz")
+async def test_healthz_needs_no_token(relay: httpx.AsyncClient) -> None:
+    response = await relay.get("/healthz", headers={"Authorization": ""})
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
@@ -387,11 +463,67 @@ async def test_bad_bodies_answer_400(
     assert robot.requests == 0
 
 
-async def test_missing_key_answers_400(relay: httpx.AsyncClient, robot: WeComRobot) -> None:
-    response = await relay.post("/alertmanager", json=notification(_alert()))
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "",
+        "Bearer",
+        "Bearer wrong-token-of-some-length",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN[:-1]}",
+        TOKEN,
+        f"Basic {TOKEN}",
+    ],
+    ids=["none", "no-token", "wrong", "longer", "shorter", "no-scheme", "basic"],
+)
+@pytest.mark.parametrize("path", ["/alertmanager/oncall", "/alertmanager/nowhere", "/other"])
+async def test_requests_without_the_token_get_401(
+    relay: httpx.AsyncClient, robot: WeComRobot, authorization: str, path: str
+) -> None:
+    response = await relay.post(
+        path, json=notification(_alert()), headers={"Authorization": authorization}
+    )
 
-    assert response.status_code == 400
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
     assert robot.requests == 0
+
+
+async def test_bearer_scheme_is_case_insensitive(
+    relay: httpx.AsyncClient, robot: WeComRobot
+) -> None:
+    response = await _post(relay, notification(_alert()), Authorization=f"bearer {TOKEN}")
+    assert response.status_code == 200
+    assert len(robot.received[KEY]) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        # The old interface: a key in the query string posts nowhere.
+        (f"/alertmanager?key={OTHER_KEY}", 404),
+        (f"/alertmanager/oncall?key={OTHER_KEY}", 400),
+        ("/alertmanager/oncall?url=http://127.0.0.1:1/cgi-bin/webhook/send", 400),
+        (f"/alertmanager/{OTHER_KEY}", 404),
+        ("/alertmanager/nowhere", 404),
+        ("/alertmanager/", 404),
+    ],
+)
+async def test_requests_cannot_choose_a_key_or_url(
+    relay: httpx.AsyncClient,
+    robot: WeComRobot,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    status: int,
+) -> None:
+    response = await relay.post(path, json=notification(_alert()))
+
+    assert response.status_code == status
+    assert robot.requests == 0
+    assert_no_secret(response.text, KEY, OTHER_KEY, TOKEN)
+    # The access log shows no query string; a path is logged as the caller sent it.
+    if "?" in path:
+        assert_no_secret(relay_log(caplog), KEY, OTHER_KEY, TOKEN)
 
 
 # --- the key stays secret ------------------------------------------------------------------
@@ -412,16 +544,18 @@ async def test_key_never_reaches_logs_or_answers(
     robot.remove_key(KEY)
     bodies.append(await _post(relay, notification(_alert())))  # 93000
     bodies.append(await _post(relay, None, raw=b"{bad"))  # 400
+    bodies.append(await _post(relay, None, Authorization=f"Bearer {KEY}"))  # 401
+    bodies.append(await relay.post(f"/alertmanager/oncall?key={KEY}", json={}))  # 400
     robot.delay(3.0)
     bodies.append(await _post(relay, notification(_alert())))  # timeout
 
-    assert [b.status_code for b in bodies] == [200, 503, 503, 500, 400, 503]
+    assert [b.status_code for b in bodies] == [200, 503, 503, 500, 400, 401, 400, 503]
     captured = capsys.readouterr()
     logged = relay_log(caplog) + captured.out + captured.err
-    assert "POST /alertmanager 200" in logged  # the access log is on...
-    assert KEY not in logged  # ...and shows no key
+    assert "POST /alertmanager/oncall 200" in logged  # the access log is on...
+    assert_no_secret(logged, KEY, TOKEN)  # ...and shows no key and no token
     assert "key=" not in logged
-    assert all(KEY not in r.text for r in bodies)
+    assert_no_secret([r.text for r in bodies], KEY, TOKEN)
 
 
 def test_mask_hides_keys_in_any_text() -> None:
@@ -429,29 +563,68 @@ def test_mask_hides_keys_in_any_text() -> None:
     assert KEY not in mask(f"ClientResponseError: url='{url}'")
     assert KEY not in mask(f"Key {KEY} bad", KEY)
     assert mask(f"send?key={KEY}&debug=1") == "send?key=***&debug=1"
-    assert wecom_relay.fingerprint(KEY) not in KEY
 
 
 # --- the process ---------------------------------------------------------------------------
 
 
 def test_settings_from_the_environment() -> None:
-    assert settings({}) == ("0.0.0.0", 8080, wecom_relay.DEFAULT_BASE_URL, 10.0)
+    config = settings({"WECOM_RELAY_TOKEN": TOKEN})
+    assert (config.host, config.port) == ("127.0.0.1", 8080)  # loopback unless told
+    assert (config.token, config.robots) == (TOKEN, {})
+    assert (config.base_url, config.timeout) == (wecom_relay.DEFAULT_BASE_URL, 10.0)
     env = {
-        "WECOM_RELAY_LISTEN": "127.0.0.1:9000",
+        "WECOM_RELAY_TOKEN": f" {TOKEN}\n",
+        "WECOM_RELAY_ROBOTS": f"oncall={KEY}, ops={OTHER_KEY}",
+        "WECOM_RELAY_LISTEN": "0.0.0.0:9000",
         "WECOM_ROBOT_BASE_URL": "http://robot:8080/cgi-bin/webhook/send",
         "WECOM_ROBOT_TIMEOUT": "2.5",
     }
-    assert settings(env) == ("127.0.0.1", 9000, "http://robot:8080/cgi-bin/webhook/send", 2.5)
-    assert parse_listen(":8081") == ("0.0.0.0", 8081)
+    assert settings(env) == Config(
+        TOKEN,
+        {"oncall": KEY, "ops": OTHER_KEY},
+        "0.0.0.0",
+        9000,
+        "http://robot:8080/cgi-bin/webhook/send",
+        2.5,
+    )
+    assert_no_secret(repr(settings(env)), TOKEN, KEY, OTHER_KEY)
+    assert parse_listen(":8081") == ("127.0.0.1", 8081)
     assert parse_listen("[::1]:8082") == ("::1", 8082)
     for listen in ("8080", "host:", "host:99999", "host:http"):
         with pytest.raises(ValueError):
             parse_listen(listen)
-    with pytest.raises(ValueError):
-        settings({"WECOM_ROBOT_BASE_URL": f"https://qyapi.weixin.qq.com/send?key={KEY}"})
-    with pytest.raises(ValueError):
-        settings({"WECOM_ROBOT_TIMEOUT": "soon"})
+    bad = [
+        {"WECOM_ROBOT_BASE_URL": f"https://qyapi.weixin.qq.com/send?key={KEY}"},
+        {"WECOM_ROBOT_TIMEOUT": "soon"},
+        {"WECOM_RELAY_ROBOTS": KEY},
+    ]
+    for overrides in bad:
+        with pytest.raises(ValueError) as refused:
+            settings({"WECOM_RELAY_TOKEN": TOKEN, **overrides})
+        assert_no_secret(str(refused.value), KEY, TOKEN)
+
+
+@pytest.mark.parametrize(
+    "token", [None, "", "   ", "short-token", "sixteen chars ok", "tökentökentöken1"]
+)
+def test_settings_refuse_a_missing_or_weak_token(token: str | None) -> None:
+    env = {} if token is None else {"WECOM_RELAY_TOKEN": token}
+    with pytest.raises(ValueError, match="WECOM_RELAY_TOKEN") as refused:
+        settings(env)
+    assert "\n" not in str(refused.value)
+
+
+def test_robots_are_named_routes_from_the_configuration() -> None:
+    assert parse_robots("") == {}
+    assert parse_robots(f"oncall={KEY}") == {"oncall": KEY}
+    assert parse_robots(f"oncall={KEY},ops-2={OTHER_KEY}") == {"oncall": KEY, "ops-2": OTHER_KEY}
+    # An empty key (ALERT_WECOM_ROBOT_KEY unset in compose) leaves the route out: 404.
+    assert parse_robots("oncall=") == {}
+    for value in (KEY, f"=({KEY})", f"on call={KEY}", f"a/b={KEY}", f"a={KEY},a={OTHER_KEY}"):
+        with pytest.raises(ValueError) as refused:
+            parse_robots(value)
+        assert_no_secret(str(refused.value), KEY, OTHER_KEY)
 
 
 @pytest.mark.parametrize(
@@ -463,7 +636,9 @@ async def test_runs_as_its_own_process(robot: WeComRobot, command: list[str]) ->
     port = free_port()
     env = {
         **os.environ,
-        "WECOM_RELAY_LISTEN": f"127.0.0.1:{port}",
+        "WECOM_RELAY_LISTEN": f":{port}",  # no host: loopback
+        "WECOM_RELAY_TOKEN": TOKEN,
+        "WECOM_RELAY_ROBOTS": f"oncall={KEY}",
         "WECOM_ROBOT_BASE_URL": robot.base_url + SEND_PATH,
         "PYTHONUNBUFFERED": "1",
     }
@@ -476,16 +651,21 @@ async def test_runs_as_its_own_process(robot: WeComRobot, command: list[str]) ->
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5.0) as client:
-            for _ in range(100):
-                try:
-                    if (await client.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=5.0, headers=AUTH
+        ) as client:
+
+            async def healthy() -> bool:
                 assert process.returncode is None, "the relay exited"
-                await asyncio.sleep(0.1)
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(healthy, timeout=30)
+            listeners = listening_sockets(process.pid)
             sent = await _post(client, notification(_alert()))
+            unauthorized = await _post(client, notification(_alert()), Authorization="")
             robot.remove_key(KEY)
             rejected = await _post(client, notification(_alert()))
     finally:
@@ -493,13 +673,30 @@ async def test_runs_as_its_own_process(robot: WeComRobot, command: list[str]) ->
             process.terminate()
         out, err = await asyncio.wait_for(process.communicate(), 10)
 
-    assert sent.status_code == 200
-    assert rejected.status_code == 500
+    assert [str(listener) for listener in listeners] == [f"127.0.0.1:{port}"]
+    assert (sent.status_code, unauthorized.status_code, rejected.status_code) == (200, 401, 500)
     assert "TocsinChannelNoSuccess" in _content(robot)
     output = (out + err).decode()
-    assert "POST /alertmanager 200" in output
+    assert "POST /alertmanager/oncall 200" in output
     assert "errcode=93000" in output
-    assert KEY not in output
+    assert_no_secret(output, KEY, TOKEN)
+
+
+def test_refuses_to_start_without_a_token() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WECOM_RELAY")}
+    result = subprocess.run(
+        [sys.executable, str(MODULE)],
+        cwd=ROOT,
+        env={**env, "WECOM_RELAY_ROBOTS": f"oncall={KEY}", "WECOM_RELAY_LISTEN": f":{free_port()}"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "WECOM_RELAY_TOKEN" in line
+    assert_no_secret(line, KEY)
 
 
 # --- independence from Tocsin ----------------------------------------------------------------
