@@ -61,6 +61,7 @@ def build_settings(
         email_security="none",
         wecom_enabled=True,
         wecom_webhook_url=webhook_url,
+        wecom_allowed_hosts=webhook_url.split("/cgi-bin", 1)[0],
         wecom_rate_per_minute=UNLIMITED,
         retry_jitter=0,
         **({"worker_concurrency": args.concurrency} if args.concurrency else {}),

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from channels.errors import PermanentError, Reason
+from pipeline.outbound import Resolver, system_resolver
 
 if TYPE_CHECKING:
     from pipeline.clock import Clock
@@ -32,6 +33,8 @@ class Delivery:
     email: str | None = None
     wecom_userid: str | None = None
     wecom_webhook: str | None = field(default=None, repr=False)
+    # The alert asked to mention everyone (WeCom <@all>); channels honour it on critical only.
+    mention_all: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class ChannelContext:
 
     session_factory: SessionFactory
     clock: Clock
+    # How HTTP channels resolve a destination's name once before pinning it (tests map names).
+    resolver: Resolver = system_resolver
 
 
 class ChannelUnavailable(Exception):
@@ -73,6 +78,13 @@ class Channel(ABC):
     def reachable(cls, contacts: Contacts) -> bool:
         """Tells whether a recipient with these contacts can be reached on this channel."""
         return True
+
+    async def start(self) -> None:
+        """Loads what the channel needs before its first render; the default needs nothing.
+
+        The worker awaits it once per channel before delivering; it must be idempotent.
+        """
+        return None
 
     @abstractmethod
     def render(self, delivery: Delivery) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import structlog
 
 from channels.base import Channel, ChannelContext, ChannelUnavailable, Contacts, Delivery
 from channels.errors import (
@@ -22,13 +24,29 @@ from channels.errors import (
     classify_wecom,
     parse_retry_after,
 )
+from channels.wecom_url import check_robot_url, robot_key
 from pipeline.clock import Clock
 from pipeline.config import Settings
+from pipeline.models import Severity
+from pipeline.outbound import (
+    Destination,
+    PinnedRequest,
+    ResolveFailed,
+    Resolver,
+    UrlRefused,
+    pin,
+    pinned_request,
+    system_resolver,
+)
 from pipeline.redact import Redactor, mask_url
+from pipeline.validation import InputError, drop_refused_characters, validate_wecom_userid
+
+log = structlog.get_logger("tocsin.wecom")
 
 MARKDOWN_MAX_BYTES = 4096
 TEXT_MAX_BYTES = 2048
 TITLE_MAX_BYTES = 256
+SEVERITY_MAX_BYTES = 64
 TRUNCATION_MARK = "…"
 RATE_WINDOW = timedelta(seconds=60)
 
@@ -54,7 +72,10 @@ NOT_CONFIGURED = (
 
 @dataclass(frozen=True)
 class WeComPayload:
-    """One robot message: the webhook and its key (secrets, never printed) and the JSON body."""
+    """One robot message: the webhook and its key (secrets, never printed) and the JSON body.
+
+    send() checks the URL against the policy again: a payload is never trusted to be checked.
+    """
 
     url: str = field(repr=False)
     key: str = field(repr=False)
@@ -87,27 +108,121 @@ def webhook_key(url: str) -> str:
 
 
 def render_markdown(delivery: Delivery, max_bytes: int = MARKDOWN_MAX_BYTES) -> str:
-    """Returns the markdown content for a delivery, the body cut so the whole fits max_bytes."""
-    title = _clean(_one_line(delivery.title))
-    head = (
-        f"## {truncate_utf8(title, TITLE_MAX_BYTES)}\n"
-        f'> Severity: <font color="{severity_colour(delivery.severity)}">'
-        f"{_clean(_one_line(delivery.severity.upper()))}</font>\n\n"
+    """Returns the markdown content for a delivery: alert data escaped, the body cut to fit.
+
+    Only this template makes markup: the heading, the severity's font tag and the mention line.
+    """
+    title = fit(escape_markdown(_plain_line(delivery.title), heading=True), TITLE_MAX_BYTES)
+    severity = fit(
+        escape_markdown(_plain_line(delivery.severity.upper()), heading=True), SEVERITY_MAX_BYTES
     )
-    tail = f"\n\n<@{_clean(delivery.wecom_userid)}>" if delivery.wecom_userid else ""
-    budget = max_bytes - len(head.encode("utf-8")) - len(tail.encode("utf-8"))
-    body = truncate_utf8(_clean(delivery.body), max(budget, 0))
-    # Only a pathological severity or user id can overflow; the cap still holds.
+    head = (
+        f"## {title}\n"
+        f'> Severity: <font color="{severity_colour(delivery.severity)}">{severity}</font>\n\n'
+    )
+    tail = mention_line(delivery)
+    budget = max_bytes - _size(head) - _size(tail)
+    # Escaped first, then cut between escapes: the limit counts what is sent.
+    body = fit(escape_markdown(_plain_text(delivery.body)), max(budget, 0))
+    # Head and tail are bounded, so only a max_bytes far below WeCom's can still overflow.
     return truncate_utf8(head + body + tail, max_bytes)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())
+# Alert data is text, never markup. WeCom markdown reads HTML-like tags (<font>, the <@userid>
+# mention) and CommonMark-like syntax (headings, quotes, bold, links, inline code), so:
+# - `&`, `<` and `>` become &amp; &lt; &gt;, so no tag, mention (<@all>) or autolink
+#   (<http://x>) can open and `>` quotes nothing; `&` too, so text that already reads like an
+#   entity (&lt;@all&gt;) shows as typed instead of being decoded into a tag.
+# - \ ` * _ ~ | [ ] ( ) take a backslash wherever they are: no emphasis, code span, table or
+#   link. With the parentheses escaped too, no "](" survives even for a renderer that ignores
+#   backslashes ("!" is left alone: it makes an image only before "[").
+# - # + - = and the dot of "1." take a backslash where they begin a line (heading, list,
+#   setext underline), and `#` everywhere in the heading line (a trailing "#" would close it).
+# Both fail safe: a renderer that decoded neither would show the escapes, never markup.
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_INLINE_MARKUP = frozenset("\\`*_~|[]()")
+_LINE_MARKUP = re.compile(r"^[ \t]*(?:[#+=-]|\d+\.)", re.MULTILINE)
+
+
+def escape_markdown(text: str, *, heading: bool = False) -> list[str]:
+    """Returns text as markdown that shows it literally: one piece per character, escaped.
+
+    Kept as pieces so that truncation (fit) never splits an escape such as &lt; or \\[.
+    """
+    if heading:
+        return [_escape_char(char, char == "#") for char in text]
+    line_marks = {match.end() - 1 for match in _LINE_MARKUP.finditer(text)}
+    return [_escape_char(char, index in line_marks) for index, char in enumerate(text)]
+
+
+def _escape_char(char: str, starts_markup: bool) -> str:
+    if char in _ENTITIES:
+        return _ENTITIES[char]
+    return "\\" + char if starts_markup or char in _INLINE_MARKUP else char
+
+
+def fit(pieces: list[str], max_bytes: int, mark: str = TRUNCATION_MARK) -> str:
+    """Joins pieces, cut between pieces to at most max_bytes of UTF-8 and ending in mark if cut."""
+    text = "".join(pieces)
+    if _size(text) <= max_bytes:
+        return text
+    if _size(mark) > max_bytes:
+        mark = ""
+    room = max_bytes - _size(mark)
+    kept: list[str] = []
+    for piece in pieces:
+        room -= _size(piece)
+        if room < 0:
+            break
+        kept.append(piece)
+    return "".join(kept) + mark
+
+
+def mention_line(delivery: Delivery) -> str:
+    """Returns the closing mention line: <@all> on a critical alert that asked, <@userid>."""
+    mentions = []
+    if delivery.mention_all and delivery.severity.strip().lower() == Severity.CRITICAL:
+        mentions.append("<@all>")
+    userid = _mentionable(delivery)
+    if userid is not None:
+        mentions.append(f"<@{userid}>")
+    return "\n\n" + " ".join(mentions) if mentions else ""
+
+
+def _mentionable(delivery: Delivery) -> str | None:
+    """Returns the recipient's userid if it is valid, checked again: the row may predate checks."""
+    if not delivery.wecom_userid:
+        return None
+    try:
+        return validate_wecom_userid(delivery.wecom_userid)
+    except InputError:
+        # The group still sees the alert, without the mention; the value itself is not logged.
+        log.warning(
+            "wecom_mention_dropped",
+            notification_id=delivery.notification_id,
+            recipient_id=delivery.recipient_id,
+            why="stored wecom_userid is not a valid WeCom userid",
+        )
+        return None
+
+
+def _plain_line(text: str) -> str:
+    """Returns text on one line, without control characters or lone surrogates."""
+    return _clean(drop_refused_characters(" ".join(text.splitlines()), multiline=False))
+
+
+def _plain_text(text: str) -> str:
+    """Returns text with every line break made LF, without other control characters."""
+    return _clean(drop_refused_characters("\n".join(text.splitlines()), multiline=True))
 
 
 def _clean(text: str) -> str:
     # Lone surrogates cannot be sent as UTF-8 (WeCom answers 40033); replace them.
     return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))
 
 
 class SlidingWindowLimiter:
@@ -172,13 +287,21 @@ class WeComChannel(Channel):
         Reason.RATE_LIMITED,
         Reason.CHANNEL_DISABLED,
         Reason.INVALID_ADDRESS,
+        Reason.URL_REFUSED,
     )
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock, resolver: Resolver = system_resolver
+    ) -> None:
         self._default_url = settings.wecom_webhook_url.get_secret_value()
+        self._allow = settings.wecom_allowlist
+        self._resolver = resolver
         self._clock = clock
         self._limiter = SlidingWindowLimiter(settings.wecom_rate_per_minute)
+        # No proxy from the environment and no redirects: the URL policy decides where we post.
         self._client = httpx.AsyncClient(
+            trust_env=False,
+            follow_redirects=False,
             timeout=settings.send_timeout.total_seconds(),
             limits=httpx.Limits(
                 max_connections=settings.wecom_concurrency,
@@ -192,7 +315,7 @@ class WeComChannel(Channel):
     def from_settings(cls, settings: Settings, context: ChannelContext) -> WeComChannel:
         if not settings.wecom_enabled:
             raise ChannelUnavailable("set WECOM_ENABLED=true (and WECOM_WEBHOOK_URL)")
-        return cls(settings, context.clock)
+        return cls(settings, context.clock, context.resolver)
 
     @classmethod
     def reachable(cls, contacts: Contacts) -> bool:
@@ -203,11 +326,15 @@ class WeComChannel(Channel):
         url = delivery.wecom_webhook or self._default_url
         if not url:
             raise PermanentError(Reason.CHANNEL_DISABLED, NOT_CONFIGURED)
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PermanentError(Reason.INVALID_ADDRESS, "WeCom webhook is not an http(s) URL")
+        destination = self._check(url)
         body = {"msgtype": "markdown", "markdown": {"content": render_markdown(delivery)}}
-        return WeComPayload(url=url, key=webhook_key(url), body=body)
+        return WeComPayload(url=url, key=robot_key(destination.query), body=body)
+
+    def _check(self, url: str) -> Destination:
+        try:
+            return check_robot_url(url, self._allow)
+        except UrlRefused as exc:
+            raise PermanentError(Reason.URL_REFUSED, f"WeCom webhook refused: {exc}") from None
 
     async def send(self, payload: WeComPayload) -> None:
         wait = self._limiter.wait_time(payload.key, self._clock.now())
@@ -215,8 +342,14 @@ class WeComChannel(Channel):
             raise RateLimited(
                 Reason.RATE_LIMITED, "WeCom robot's per-minute budget is spent", retry_after=wait
             )
+        target = await self._pinned(payload.url)
         try:
-            response = await self._client.post(payload.url, json=payload.body)
+            response = await self._client.post(
+                target.url,
+                json=payload.body,
+                headers=target.headers,
+                extensions=target.extensions,
+            )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             error: DeliveryError | None = transport_error(exc)
         else:
@@ -224,6 +357,17 @@ class WeComChannel(Channel):
         # Raised outside the except block: httpx exceptions carry the URL, so none is chained.
         if error is not None:
             raise error
+
+    async def _pinned(self, url: str) -> PinnedRequest:
+        """Checks url again and resolves it once, so the post reaches the address checked."""
+        destination = self._check(url)
+        try:
+            address = await pin(destination, self._resolver)
+        except UrlRefused as exc:
+            raise PermanentError(Reason.URL_REFUSED, f"WeCom webhook refused: {exc}") from None
+        except ResolveFailed as exc:
+            raise TransientError(Reason.CONNECTION_ERROR, str(exc)) from None
+        return pinned_request(destination, address)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -22,17 +22,14 @@ from pipeline.producer import Producer
 from pipeline.queues import Queue, open_queue
 from pipeline.redact import Redactor
 from pipeline.relay import Relay
+from pipeline.secret_url import secret_values
 from workers.retry import RetryPolicy
 from workers.worker import Worker, WorkerConfig
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Returns every configured secret value, for redaction."""
-    values = [
-        settings.email_password.get_secret_value(),
-        settings.wecom_webhook_url.get_secret_value(),
-    ]
-    return [v for v in values if v]
+    """Returns every configured secret value, for redaction (found by type, not by name)."""
+    return secret_values(settings)
 
 
 @dataclass
@@ -77,7 +74,12 @@ class App:
     def producer(self) -> Producer:
         """Returns the producer over every registered channel."""
         return Producer(
-            self.sessions, self.clock, self.metrics, CHANNELS, self.settings.producer_batch_size
+            self.sessions,
+            self.clock,
+            self.metrics,
+            CHANNELS,
+            self.settings.producer_batch_size,
+            self.settings.dedup_window,
         )
 
     def observer(self) -> Observer:

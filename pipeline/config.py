@@ -6,10 +6,13 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from channels.wecom_url import check_robot_url
 from pipeline.durations import parse_duration, parse_schedule
+from pipeline.outbound import AllowList, UrlRefused
+from pipeline.secret_url import SecretUrl
 
 
 class DispatchFallback(StrEnum):
@@ -31,6 +34,7 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 Seconds = Annotated[float, Field(gt=0)]
 
 
@@ -41,12 +45,22 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
-    database_url: str = Field(
-        "sqlite+aiosqlite:///./tocsin.db", validation_alias=_env("DATABASE_URL")
+    # URL settings are SecretUrl: every printout shows them with the password masked.
+    database_url: SecretUrl = Field(
+        SecretUrl("sqlite+aiosqlite:///./tocsin.db"), validation_alias=_env("DATABASE_URL")
     )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("DB_POOL_SIZE"))
+    # A database that accepts TCP and never answers must fail a command in seconds, not hang.
+    db_connect_timeout: timedelta = Field(
+        timedelta(seconds=5), validation_alias=_env("DB_CONNECT_TIMEOUT")
+    )
+    db_command_timeout: timedelta = Field(
+        timedelta(seconds=30), validation_alias=_env("DB_COMMAND_TIMEOUT")
+    )
     # REDIS_URL is the seed system's name for its queue; QUEUE_URL wins when both are set.
-    queue_url: str = Field("memory://", validation_alias=_env("QUEUE_URL", "REDIS_URL"))
+    queue_url: SecretUrl = Field(
+        SecretUrl("memory://"), validation_alias=_env("QUEUE_URL", "REDIS_URL")
+    )
     memory_queue_size: int = Field(10_000, ge=1, validation_alias=_env("MEMORY_QUEUE_SIZE"))
     dispatch_fallback: DispatchFallback = Field(
         DispatchFallback.NONE, validation_alias=_env("DISPATCH_FALLBACK")
@@ -81,6 +95,12 @@ class Settings(BaseSettings):
     observe_interval: timedelta = Field(
         timedelta(seconds=15), validation_alias=_env("OBSERVE_INTERVAL")
     )
+    # One alert may not fan out to more people than this (a typo'd group is not a broadcast).
+    max_recipients_per_alert: int = Field(
+        1000, ge=1, validation_alias=_env("MAX_RECIPIENTS_PER_ALERT")
+    )
+    # A second alert with the same dedup_key within this window notifies nobody.
+    dedup_window: timedelta = Field(timedelta(hours=1), validation_alias=_env("DEDUP_WINDOW"))
     producer_batch_size: int = Field(50, ge=1, validation_alias=_env("PRODUCER_BATCH_SIZE"))
     relay_interval: timedelta = Field(timedelta(seconds=2), validation_alias=_env("RELAY_INTERVAL"))
     relay_batch_size: int = Field(500, ge=1, validation_alias=_env("RELAY_BATCH_SIZE"))
@@ -118,11 +138,19 @@ class Settings(BaseSettings):
     email_security: EmailSecurity = Field(
         EmailSecurity.STARTTLS, validation_alias=_env("EMAIL_SECURITY")
     )
+    # AUTH over a connection without TLS sends the password in clear: refused unless asked for.
+    email_allow_plaintext_auth: bool = Field(
+        False, validation_alias=_env("EMAIL_ALLOW_PLAINTEXT_AUTH")
+    )
     email_pool_size: int = Field(4, ge=1, validation_alias=_env("EMAIL_POOL_SIZE"))
 
     wecom_enabled: bool = Field(False, validation_alias=_env("WECOM_ENABLED", "WECHAT_ENABLED"))
     wecom_webhook_url: SecretStr = Field(
         SecretStr(""), validation_alias=_env("WECOM_WEBHOOK_URL", "WECHAT_WEBHOOK_URL")
+    )
+    # Hosts the WeCom channel may post to (see pipeline/outbound.py for the entry syntax).
+    wecom_allowed_hosts: str = Field(
+        "qyapi.weixin.qq.com", validation_alias=_env("WECOM_ALLOWED_HOSTS")
     )
     wecom_rate_per_minute: int = Field(20, ge=1, validation_alias=_env("WECOM_RATE_PER_MINUTE"))
     wecom_concurrency: int = Field(8, ge=1, validation_alias=_env("WECOM_CONCURRENCY"))
@@ -137,23 +165,62 @@ class Settings(BaseSettings):
         "redis_claim_idle",
         "observe_interval",
         "broker_timeout",
+        "db_connect_timeout",
+        "db_command_timeout",
+        "dedup_window",
         mode="before",
     )
     @classmethod
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
 
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
     @field_validator("retry_schedule", mode="before")
     @classmethod
     def _schedule(cls, value: object) -> object:
         return parse_schedule(value) if isinstance(value, str) else value
 
+    @field_validator("wecom_allowed_hosts")
+    @classmethod
+    def _allowlist(cls, value: str) -> str:
+        AllowList.parse(value, "WECOM_ALLOWED_HOSTS")  # raises naming the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        # Raised from here, not a field validator, so the error never echoes the secret URL.
+        url = self.wecom_webhook_url.get_secret_value()
+        if url:
+            try:
+                check_robot_url(url, self.wecom_allowlist)
+            except UrlRefused as exc:
+                raise ValueError(f"WECOM_WEBHOOK_URL is refused: {exc}") from None
+        plaintext = self.email_security is EmailSecurity.NONE
+        if plaintext and self.email_username and not self.email_allow_plaintext_auth:
+            raise ValueError(
+                "EMAIL_SECURITY=none with EMAIL_USERNAME would send the password in clear: "
+                "use starttls or ssl, or set EMAIL_ALLOW_PLAINTEXT_AUTH=true"
+            )
+        return self
+
+    @property
+    def wecom_allowlist(self) -> AllowList:
+        """The hosts the WeCom channel may call."""
+        return AllowList.parse(self.wecom_allowed_hosts, "WECOM_ALLOWED_HOSTS")
+
     @property
     def queue_scheme(self) -> str:
         """The queue backend named by QUEUE_URL: memory, amqp or redis."""
-        return self.queue_url.split("://", 1)[0].lower()
+        return self.queue_url.get_secret_value().split("://", 1)[0].lower()
 
     @property
     def is_sqlite(self) -> bool:
         """True when DATABASE_URL points at SQLite."""
-        return self.database_url.startswith("sqlite")
+        return self.database_url.get_secret_value().startswith("sqlite")

@@ -49,7 +49,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # instead of sleep-polling on the file lock (3.6x faster measured with 16 senders).
         # No code path holds two sessions at once, so this cannot deadlock.
         engine = create_async_engine(
-            settings.database_url,
+            settings.database_url.get_secret_value(),
             connect_args={"timeout": 30},
             pool_size=1,
             max_overflow=0,
@@ -59,10 +59,17 @@ def create_engine(settings: Settings) -> AsyncEngine:
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
-        settings.database_url,
+        settings.database_url.get_secret_value(),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
+        # asyncpg waits 60 s to connect and forever for an answer by default: a database that
+        # accepts TCP and never answers would hang every command.
+        connect_args={
+            "timeout": settings.db_connect_timeout.total_seconds(),
+            "command_timeout": settings.db_command_timeout.total_seconds(),
+        },
+        pool_timeout=settings.db_connect_timeout.total_seconds() * 2,
     )
 
 

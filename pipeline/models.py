@@ -123,6 +123,8 @@ class Alert(SQLModel, table=True):
     processed_at: datetime | None = _utc(nullable=True, index=True)
     # A repeat with the same key within DEDUP_WINDOW notifies nobody (SUPPRESSED duplicate).
     dedup_key: str | None = Field(default=None, sa_column=Column(String(200), index=True))
+    # Set by the producer on a repeat: the alert whose dedup window it fell into.
+    duplicate_of: int | None = Field(default=None, foreign_key="alerts.id")
     # Mention everyone in WeCom groups; only allowed on critical alerts.
     mention_all: bool = False
 

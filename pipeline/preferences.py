@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from channels.base import Contacts
 from channels.registry import DEFAULT_CHANNELS
+from channels.wecom_url import stored_robot_url
 from pipeline.models import NotificationSettings, Recipient
 from pipeline.quiet_hours import QuietHours
 
@@ -38,7 +39,11 @@ def recipient_view(recipient: Recipient, settings: NotificationSettings | None) 
     return RecipientView(
         id=recipient.id or 0,
         username=recipient.username,
-        contacts=Contacts(recipient.email, recipient.wecom_userid, recipient.wecom_webhook),
+        contacts=Contacts(
+            recipient.email,
+            recipient.wecom_userid,
+            stored_robot_url(recipient.wecom_webhook_origin, recipient.wecom_webhook_key),
+        ),
         channels=enabled_channels(settings),
         quiet_hours=quiet_hours_of(settings),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select, update
@@ -28,6 +28,7 @@ from pipeline.models import (
 )
 from pipeline.preferences import RecipientView, recipient_view
 from pipeline.sql import insert_ignoring_duplicates
+from pipeline.validation import content_error
 
 log = structlog.get_logger("tocsin.producer")
 
@@ -77,6 +78,37 @@ def expand(
 ) -> list[Candidate]:
     """Returns one candidate per recipient and registered channel."""
     return [Candidate(alert, r, channel) for r in recipients for channel in channels]
+
+
+def apply_content_check(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Suppresses every candidate of an alert whose title or body validation would refuse."""
+    # Only a row written around create_alert (straight into the database) can get here.
+    alerts = {id(c.alert): c.alert for c in candidates}
+    refused = {key for key, alert in alerts.items() if content_suppression(alert)}
+    return [
+        replace(c, state=State.SUPPRESSED, reason=Reason.INVALID_CONTENT)
+        if c.open and id(c.alert) in refused
+        else c
+        for c in candidates
+    ]
+
+
+def content_suppression(alert: Alert) -> Reason | None:
+    """Returns INVALID_CONTENT if the alert's title or body holds a refused character."""
+    problem = content_error("title", alert.title, multiline=False) or content_error(
+        "body", alert.body, multiline=True
+    )
+    return Reason.INVALID_CONTENT if problem else None
+
+
+def apply_dedup(candidates: Sequence[Candidate], repeats: Mapping[int, int]) -> list[Candidate]:
+    """Suppresses the candidates of alerts that repeat an earlier one (alert id -> earlier id)."""
+    return [
+        replace(c, state=State.SUPPRESSED, reason=Reason.DUPLICATE)
+        if c.open and c.alert.id in repeats
+        else c
+        for c in candidates
+    ]
 
 
 def apply_preferences(
@@ -138,7 +170,9 @@ class Producer:
         metrics: Metrics,
         channels: Mapping[str, type[Channel]],
         batch_size: int = 50,
+        dedup_window: timedelta = timedelta(hours=1),
     ) -> None:
+        self._dedup_window = dedup_window
         self._sessions = session_factory
         self._clock = clock
         self._metrics = metrics
@@ -186,6 +220,9 @@ class Producer:
             candidates: list[Candidate] = []
             for alert in alerts:
                 candidates += expand(alert, recipients.get(alert.id or 0, []), list(self._channels))
+            candidates = apply_content_check(candidates)
+            repeats = await self._repeats(session, alerts)
+            candidates = apply_dedup(candidates, repeats)
             candidates = apply_alert_state(candidates, now)
             candidates = apply_preferences(candidates, self._channels)
             candidates = apply_quiet_hours(candidates, self._channels, now)
@@ -195,7 +232,50 @@ class Producer:
                 .where(col(Alert.id).in_([a.id for a in alerts]))
                 .values(processed_at=now)
             )
+            for repeat, first in repeats.items():
+                await session.execute(
+                    update(Alert).where(col(Alert.id) == repeat).values(duplicate_of=first)
+                )
         return self._report(alerts, candidates, created)
+
+    async def _repeats(self, session: AsyncSession, alerts: list[Alert]) -> dict[int, int]:
+        """Maps each alert that repeats an earlier one within the dedup window to that one.
+
+        The first alert of a key opens a window of DEDUP_WINDOW; repeats inside it notify
+        nobody, and the first alert after it opens the next window. So a problem that keeps
+        firing is told again once per window, never once per repeat.
+        """
+        opened: dict[str, Alert] = {}
+        repeats: dict[int, int] = {}
+        for alert in sorted(alerts, key=lambda a: a.id or 0):
+            if alert.dedup_key is None or alert.id is None:
+                continue
+            since = alert.created_at - self._dedup_window
+            first = opened.get(alert.dedup_key)
+            if first is None or first.created_at <= since:
+                first = await self._window_opener(session, alert, since)
+            if first is not None and first.id is not None:
+                repeats[alert.id] = first.id
+            else:
+                opened[alert.dedup_key] = alert
+        return repeats
+
+    async def _window_opener(
+        self, session: AsyncSession, alert: Alert, since: datetime
+    ) -> Alert | None:
+        statement = (
+            select(Alert)
+            .where(
+                col(Alert.dedup_key) == alert.dedup_key,
+                col(Alert.id) < alert.id,
+                col(Alert.duplicate_of).is_(None),
+                col(Alert.processed_at).is_not(None),
+                col(Alert.created_at) > since,
+            )
+            .order_by(col(Alert.id).desc())
+            .limit(1)
+        )
+        return (await session.execute(statement)).scalars().first()
 
     async def _claim_alerts(self, session: AsyncSession) -> list[Alert]:
         statement = (

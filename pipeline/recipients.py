@@ -10,17 +10,21 @@ from sqlalchemy import select
 from sqlmodel import col
 
 from channels.registry import CHANNEL_NAMES
+from channels.wecom_url import check_robot_url, robot_key, robot_url
 from pipeline.clock import Clock
 from pipeline.db import SessionFactory
 from pipeline.models import NotificationSettings, Recipient
+from pipeline.outbound import AllowList
 from pipeline.quiet_hours import QuietHours
+from pipeline.redact import MASK
 from pipeline.validation import (
     InputError,
     validate_channels,
     validate_email,
+    validate_robot_url,
     validate_timezone,
     validate_username,
-    validate_webhook_url,
+    validate_wecom_userid,
 )
 
 
@@ -46,6 +50,8 @@ class RecipientRecord:
     email: str | None
     wecom_userid: str | None
     has_own_webhook: bool
+    # The recipient's own robot with its key masked, e.g. https://host/cgi-bin/webhook/send?key=***
+    wecom_webhook: str | None
     channels: list[str]
     timezone: str
     quiet_hours: str | None
@@ -58,7 +64,7 @@ def _given(value: str | None, check: Callable[[str], str]) -> str | None:
     return check(value)
 
 
-def _validated(data: RecipientInput) -> RecipientInput:
+def _validated(data: RecipientInput, webhook_allow: AllowList) -> RecipientInput:
     """Returns data with every given field checked and normalised, or raises InputError."""
     if data.timezone is not None and not data.timezone.strip():
         raise InputError("--timezone must not be empty: use an IANA name such as Asia/Shanghai")
@@ -70,8 +76,10 @@ def _validated(data: RecipientInput) -> RecipientInput:
     return RecipientInput(
         username=validate_username(data.username),
         email=_given(data.email, validate_email),
-        wecom_userid=_given(data.wecom_userid, str.strip),
-        wecom_webhook=_given(data.wecom_webhook, validate_webhook_url),
+        wecom_userid=_given(data.wecom_userid, validate_wecom_userid),
+        wecom_webhook=_given(
+            data.wecom_webhook, lambda url: validate_robot_url(url, webhook_allow)
+        ),
         timezone=timezone,
         quiet_hours=_given(data.quiet_hours, str.strip),
         channels=",".join(sorted(validate_channels(data.channels))) if data.channels else None,
@@ -79,10 +87,13 @@ def _validated(data: RecipientInput) -> RecipientInput:
 
 
 async def upsert_recipient(
-    sessions: SessionFactory, clock: Clock, data: RecipientInput
+    sessions: SessionFactory, clock: Clock, data: RecipientInput, webhook_allow: AllowList
 ) -> RecipientRecord:
-    """Creates the recipient or updates the fields given; returns what is now stored."""
-    data = _validated(data)
+    """Creates the recipient or updates the fields given; returns what is now stored.
+
+    A robot webhook must pass the WeCom URL policy (webhook_allow) to be saved at all.
+    """
+    data = _validated(data, webhook_allow)
     now = clock.now()
     async with sessions() as session, session.begin():
         found = await session.execute(
@@ -91,9 +102,13 @@ async def upsert_recipient(
         recipient = found.scalar_one_or_none()
         if recipient is None:
             recipient = Recipient(username=data.username, created_at=now, updated_at=now)
-        for name in ("email", "wecom_userid", "wecom_webhook"):
+        for name in ("email", "wecom_userid"):
             if getattr(data, name) is not None:
                 setattr(recipient, name, getattr(data, name) or None)  # "" clears
+        if data.wecom_webhook is not None:
+            recipient.wecom_webhook_origin, recipient.wecom_webhook_key = _split_robot(
+                data.wecom_webhook, webhook_allow
+            )
         recipient.updated_at = now
         session.add(recipient)
         await session.flush()
@@ -124,6 +139,14 @@ def _merge_settings(
     return settings
 
 
+def _split_robot(url: str, allow: AllowList) -> tuple[str | None, str | None]:
+    """Returns (origin, key) of a checked robot URL; "" clears both."""
+    if not url:
+        return None, None
+    destination = check_robot_url(url, allow)
+    return destination.origin, robot_key(destination.query)
+
+
 def _record(recipient: Recipient, settings: NotificationSettings | None) -> RecipientRecord:
     quiet = (
         f"{settings.quiet_start}-{settings.quiet_end}"
@@ -135,7 +158,12 @@ def _record(recipient: Recipient, settings: NotificationSettings | None) -> Reci
         username=recipient.username,
         email=recipient.email,
         wecom_userid=recipient.wecom_userid,
-        has_own_webhook=bool(recipient.wecom_webhook),
+        has_own_webhook=bool(recipient.wecom_webhook_key),
+        wecom_webhook=(
+            robot_url(recipient.wecom_webhook_origin, MASK)
+            if recipient.wecom_webhook_origin and recipient.wecom_webhook_key
+            else None
+        ),
         channels=sorted(settings.channel_set) if settings else sorted(CHANNEL_NAMES),
         timezone=settings.timezone if settings else "UTC",
         quiet_hours=quiet,

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError
 from email_validator import validate_email as _check_email
 
+from channels.wecom_url import check_robot_url
 from pipeline.models import Severity
+from pipeline.outbound import AllowList, UrlRefused
 
 USERNAME_MAX = 64
 TITLE_MAX = 200
 BODY_MAX_BYTES = 65_536
 WEBHOOK_URL_MAX = 512
+DEDUP_KEY_MAX = 200
 
 _USERNAME = re.compile(rf"[A-Za-z0-9._@-]{{1,{USERNAME_MAX}}}")
+WECOM_USERID_MAX = 64
+_WECOM_USERID = re.compile(rf"[A-Za-z0-9_.@-]{{1,{WECOM_USERID_MAX}}}")
+# Userids that would mention the whole group: only --mention-all on a critical alert may.
+_WECOM_EVERYONE = frozenset({"all", "@all"})
 # Everything str.splitlines() breaks on: any of these would end an e-mail Subject header early.
 _LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+# Unicode noncharacters: U+FDD0-U+FDEF and the last two code points of each of the 17 planes.
+_NONCHARACTERS = r"\ufdd0-\ufdef" + "".join(
+    rf"\U{plane << 16 | 0xFFFE:08x}\U{plane << 16 | 0xFFFF:08x}" for plane in range(17)
+)
+# A title refuses every control character (Unicode Cc), every line break and noncharacters;
+# a body the same but for its own line breaks (LF, CR) and tabs.
+_TITLE_REFUSED = re.compile(rf"[\x00-\x1f\x7f-\x9f\u2028\u2029{_NONCHARACTERS}]")
+_BODY_REFUSED = re.compile(rf"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_NONCHARACTERS}]")
 # Keys ZoneInfo loads that are not IANA zones: "localtime" is whatever the host happens to use.
 _NOT_IANA = frozenset({"localtime", "posixrules", "Factory"})
 _SHOWN_MAX = 40
@@ -50,6 +64,22 @@ def validate_username(name: str) -> str:
             "'.', '_', '@' or '-'"
         )
     return name
+
+
+def validate_wecom_userid(userid: str) -> str:
+    """Returns the WeCom userid stripped, or raises InputError unless it may be @mentioned."""
+    userid = userid.strip()
+    if userid.lower() in _WECOM_EVERYONE:
+        raise InputError(
+            f"wecom_userid {_shown(userid)} is reserved: it mentions the whole group "
+            "(use --mention-all on a critical alert)"
+        )
+    if _WECOM_USERID.fullmatch(userid) is None:
+        raise InputError(
+            f"wecom_userid {_shown(userid)} is invalid: use 1-{WECOM_USERID_MAX} letters, "
+            "digits, '.', '_', '@' or '-'"
+        )
+    return userid
 
 
 def validate_email(address: str) -> str:
@@ -89,13 +119,36 @@ def validate_severity(text: str) -> Severity:
         raise InputError(f"severity {_shown(text)} is invalid: choose from {choices}") from None
 
 
+def content_error(field: str, text: str, *, multiline: bool) -> str | None:
+    """Returns why text may not be an alert's title (or body, if multiline), or None if it may.
+
+    Positions count characters from 0 in text as given.
+    """
+    match = (_BODY_REFUSED if multiline else _TITLE_REFUSED).search(text)
+    if match is None:
+        return None
+    char = match.group()
+    where = f"U+{ord(char):04X} at position {match.start()}"
+    if not multiline and char in _LINE_BREAKS:
+        return f"{field} must be a single line (no CR, LF or other line breaks): {where}"
+    kind = "control character" if ord(char) <= 0x9F else "noncharacter"
+    return f"{field} contains {kind} {where}"
+
+
+def drop_refused_characters(text: str, *, multiline: bool) -> str:
+    """Returns text without the characters content_error refuses (for rows written around it)."""
+    return (_BODY_REFUSED if multiline else _TITLE_REFUSED).sub("", text)
+
+
 def validate_title(text: str) -> str:
     """Returns the title stripped, or raises InputError unless it is one non-empty short line."""
     title = text.strip()
     if not title:
         raise InputError("title must not be empty")
-    if any(char in _LINE_BREAKS for char in title):
-        raise InputError("title must be a single line (no CR, LF or other line breaks)")
+    # Checked before stripping: a control character is refused, not quietly cut off an edge.
+    problem = content_error("title", text, multiline=False)
+    if problem is not None:
+        raise InputError(problem)
     if len(title) > TITLE_MAX:
         raise InputError(f"title is {len(title)} characters: the limit is {TITLE_MAX}")
     _utf8_size("title", title)
@@ -103,14 +156,31 @@ def validate_title(text: str) -> str:
 
 
 def validate_body(text: str) -> str:
-    """Returns the body stripped, or raises InputError if it is empty or over 64 KiB of UTF-8."""
-    body = text.strip()
+    """Returns the body stripped with CRLF and CR made LF, or raises InputError if it is refused.
+
+    Refused: empty, over 64 KiB of UTF-8, or holding a control character other than LF, CR and
+    tab (or a noncharacter).
+    """
+    body = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     if not body:
         raise InputError("body must not be empty")
+    problem = content_error("body", text, multiline=True)
+    if problem is not None:
+        raise InputError(problem)
     size = _utf8_size("body", body)
     if size > BODY_MAX_BYTES:
         raise InputError(f"body is {size} bytes of UTF-8: the limit is {BODY_MAX_BYTES} bytes")
     return body
+
+
+def validate_dedup_key(text: str) -> str:
+    """Returns the dedup key stripped, or raises InputError unless it is 1-200 printable chars."""
+    key = text.strip()
+    if not key or len(key) > DEDUP_KEY_MAX:
+        raise InputError(f"dedup key must be 1-{DEDUP_KEY_MAX} characters")
+    if not key.isprintable():
+        raise InputError("dedup key must not contain control characters")
+    return key
 
 
 def validate_channels(text: str) -> frozenset[str]:
@@ -136,26 +206,19 @@ def validate_recipients(names: list[str]) -> list[str]:
     return unique
 
 
-def validate_webhook_url(url: str) -> str:
-    """Returns the http(s) webhook URL stripped, or raises InputError that never shows the URL."""
+def validate_robot_url(url: str, allow: AllowList) -> str:
+    """Returns a WeCom robot URL stripped if the URL policy allows it; errors never show it."""
     # The URL carries the webhook's secret key: no message (or chained exception) may include it.
     url = url.strip()
     if not url:
         raise InputError("webhook URL must not be empty")
     if len(url) > WEBHOOK_URL_MAX:
         raise InputError(f"webhook URL is longer than {WEBHOOK_URL_MAX} characters")
-    if any(char.isspace() or not char.isprintable() for char in url):
-        raise InputError("webhook URL must not contain spaces or control characters")
-    if not _is_http_url(url):
-        raise InputError("webhook URL must be an http:// or https:// URL with a host")
-    return url
-
-
-def _is_http_url(url: str) -> bool:
-    """Returns whether url parses as http or https with a host and a valid port."""
     try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError for a non-numeric or out-of-range port
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        check_robot_url(url, allow)
+    except UrlRefused as exc:
+        refused = str(exc)
+    else:
+        return url
+    # Raised outside the except block, so no traceback can show a chained exception.
+    raise InputError(f"webhook URL is refused: {refused}")

@@ -13,10 +13,11 @@ from sqlmodel import col
 
 from channels.base import Delivery
 from channels.errors import Reason
+from channels.wecom_url import stored_robot_url
 from pipeline.db import SessionFactory
 from pipeline.models import Alert, Notification, NotificationSettings, Outcome, Recipient, State
 from pipeline.preferences import enabled_channels
-from pipeline.producer import alert_suppression
+from pipeline.producer import alert_suppression, content_suppression
 from pipeline.sql import first_ints
 from workers.outcome import AttemptResult
 
@@ -117,10 +118,10 @@ async def _load(session: AsyncSession, ids: set[int], now: datetime, result: Cla
 def _suppression(
     alert: Alert, settings: NotificationSettings | None, channel: str, now: datetime
 ) -> Reason | None:
-    # Checked again at send time: preferences and alert state may have changed since.
+    # Checked again at send time: preferences, alert state (and its row) may have changed since.
     if channel not in enabled_channels(settings):
         return Reason.OPTED_OUT
-    return alert_suppression(alert, now)
+    return alert_suppression(alert, now) or content_suppression(alert)
 
 
 def _delivery(notification: Notification, alert: Alert, recipient: Recipient) -> Delivery:
@@ -132,10 +133,11 @@ def _delivery(notification: Notification, alert: Alert, recipient: Recipient) ->
         title=alert.title,
         body=alert.body,
         severity=alert.severity,
+        mention_all=alert.mention_all,
         alert_created_at=alert.created_at,
         recipient_id=recipient.id or 0,
         username=recipient.username,
         email=recipient.email,
         wecom_userid=recipient.wecom_userid,
-        wecom_webhook=recipient.wecom_webhook,
+        wecom_webhook=stored_robot_url(recipient.wecom_webhook_origin, recipient.wecom_webhook_key),
     )

@@ -8,7 +8,8 @@ Create Date: 2026-12-02
   (scheme://host[:port], shown) and `wecom_webhook_key` (the credential, masked everywhere).
   A stored URL that is not a robot URL keeps its origin and loses nothing else worth keeping:
   the send-time URL policy refuses it (`url_refused`) instead of posting it.
-- `alerts.dedup_key` and `alerts.mention_all`.
+- `alerts.dedup_key`, `alerts.duplicate_of` (set by the producer on a repeat) and
+  `alerts.mention_all`.
 - `audit_log`: one row per bulk operator action (replay, purge).
 - `installation`: one row with a random id, made here, so two installations never share a
   Message-ID.
@@ -78,6 +79,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(sa.Column("dedup_key", sa.String(length=200)))
+        batch.add_column(sa.Column("duplicate_of", sa.Integer()))
+        batch.create_foreign_key("fk_alerts_duplicate_of", "alerts", ["duplicate_of"], ["id"])
         batch.add_column(
             sa.Column("mention_all", sa.Boolean(), nullable=False, server_default=sa.false())
         )
@@ -118,6 +121,8 @@ def downgrade() -> None:
     op.drop_index("ix_alerts_dedup_key", table_name="alerts")
     with op.batch_alter_table("alerts") as batch:
         batch.drop_column("mention_all")
+        batch.drop_constraint("fk_alerts_duplicate_of", type_="foreignkey")
+        batch.drop_column("duplicate_of")
         batch.drop_column("dedup_key")
 
     with op.batch_alter_table("recipients") as batch:

@@ -13,7 +13,7 @@ from pydantic import AliasChoices, SecretStr
 from channels.registry import CHANNEL_NAMES
 from pipeline.app import App, secrets_of
 from pipeline.cli.context import friendly_errors, load_settings, run_async
-from pipeline.cli.deliveries import dlq, inbox, notifications
+from pipeline.cli.deliveries import audit, dlq, inbox, notifications
 from pipeline.cli.directory import alerts, users
 from pipeline.cli.jobs import jobs, metrics
 from pipeline.cli.output import emit, fail, stderr, stdout
@@ -25,6 +25,7 @@ from pipeline.notifications import count_by_state
 from pipeline.producer import ProducerReport
 from pipeline.redact import Redactor
 from pipeline.runner import DrainReport, drain, run_forever
+from pipeline.secret_url import SecretUrl
 
 app = typer.Typer(
     name="tocsin",
@@ -41,6 +42,7 @@ app.add_typer(alerts, name="alerts", no_args_is_help=True)
 app.add_typer(notifications, name="notifications", no_args_is_help=True)
 app.add_typer(dlq, name="dlq", no_args_is_help=True)
 app.command("inbox")(inbox)
+app.command("audit")(audit)
 app.add_typer(jobs, name="jobs", no_args_is_help=True)
 app.command("metrics")(metrics)
 
@@ -63,7 +65,7 @@ def db_upgrade(
     configure_logging("WARNING", settings.log_format)
     with friendly_errors(settings):
         upgrade(settings, revision)
-    stdout.print(f"database at {revision}: {Redactor()(settings.database_url)}", highlight=False)
+    stdout.print(f"database at {revision}: {settings.database_url.masked()}", highlight=False)
 
 
 def _print_drain(report: DrainReport, as_json: bool) -> None:
@@ -213,7 +215,12 @@ def show_config(as_json: Json = False) -> None:
     """Prints the effective configuration, secrets masked."""
     settings = load_settings()
     redact = Redactor(secrets_of(settings))
-    shown = {_env_name(name): redact(_shown(value)) for name, value in settings}
+    # A SecretUrl masks exactly its own password; the redactor would also mask a user name or
+    # database that happens to equal it, hiding what operators come here to check.
+    shown = {
+        _env_name(name): _shown(value) if isinstance(value, SecretUrl) else redact(_shown(value))
+        for name, value in settings
+    }
     emit(
         shown if as_json else [{"setting": k, "value": v} for k, v in shown.items()],
         as_json=as_json,
@@ -228,6 +235,8 @@ def _env_name(field: str) -> str:
 
 
 def _shown(value: object) -> str:
+    if isinstance(value, SecretUrl):
+        return value.masked()
     if isinstance(value, SecretStr):
         return "***" if value.get_secret_value() else ""
     if isinstance(value, timedelta):

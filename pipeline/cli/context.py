@@ -31,8 +31,10 @@ def load_settings() -> Settings:
         raise AssertionError("unreachable") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
+        # The message only: pydantic's full text echoes the input, which may hold a secret.
+        message = first["msg"].removeprefix("Value error, ")
         where = ".".join(str(p) for p in first["loc"]).upper()
-        fail(f"invalid configuration {where}: {first['msg']}")
+        fail(f"invalid configuration {where}: {message}".replace(" :", ":"))
         raise AssertionError("unreachable") from exc
 
 
@@ -50,7 +52,7 @@ def friendly_errors(settings: Settings | None = None) -> Iterator[None]:
             fail("the database has no Tocsin tables yet: run `tocsin db upgrade` first", 1)
         fail(f"database error: {redact(text.strip().splitlines()[0])}", 1)
     except OverflowError as exc:
-        fail(f"a number is out of range: {exc}")
+        fail(f"a number is out of range: {redact(str(exc))}")
     except QueueUnavailable as exc:
         fail(f"queue unavailable: {redact(str(exc))}", 1)
     except (OSError, ConnectionError) as exc:

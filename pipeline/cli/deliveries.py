@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -11,6 +13,8 @@ import typer
 from channels.errors import Reason as FailureReason
 from channels.registry import CHANNEL_NAMES
 from pipeline.app import App
+from pipeline.audit import Audit, AuditView, list_records, os_actor
+from pipeline.cli.bulk import confirm, parse_rate, progress, require_selection
 from pipeline.cli.context import not_none, run_async
 from pipeline.cli.output import check_ids, emit, fail, stdout
 from pipeline.durations import parse_duration
@@ -35,6 +39,7 @@ Since = Annotated[
 ]
 Limit = Annotated[int, typer.Option(min=1, help="At most this many rows.")]
 REASONS = frozenset(r.value for r in FailureReason)
+DEFAULT_RATE = "10/s"
 COLUMNS = ("id", "alert_id", "recipient", "channel", "state", "attempts", "not_before", "reason")
 
 
@@ -171,21 +176,98 @@ Ids = Annotated[
     list[int] | None,
     typer.Option("--id", help="A dead letter id; repeat for more.", callback=check_ids),
 ]
-All = Annotated[bool, typer.Option("--all", help="Every dead letter matching the filters.")]
+All = Annotated[
+    bool, typer.Option("--all", help="Every dead letter (matching the filters, if any).")
+]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")]
+Yes = Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")]
 
 
-def _selection(
+@dataclass(frozen=True)
+class Bulk:
+    """A replay or purge as asked for on the command line."""
+
+    verb: str
+    where: NotificationFilter
+    every: bool
+    filtered: bool
+    selection: dict[str, object]
+
+    @property
+    def past(self) -> str:
+        """The verb in the past tense, for reports."""
+        return "replayed" if self.verb == "replay" else "purged"
+
+
+def _bulk(
+    verb: str,
     ids: list[int] | None,
     every: bool,
     channel: str | None,
     reason: str | None,
     alert: int | None,
     since: str | None,
-) -> NotificationFilter:
-    if bool(ids) == every:
-        fail("give either --id N (repeatable) or --all")
-    return _filter(channel, reason, alert, since, None, ids=tuple(ids or ()))
+) -> Bulk:
+    filtered = any(value is not None for value in (channel, reason, alert, since))
+    require_selection(bool(ids), every, filtered)
+    where = _filter(channel, reason, alert, since, None, ids=tuple(ids or ()))
+    selection: dict[str, object] = {
+        "ids": ids or None,
+        "all": every,
+        "channel": channel,
+        "reason": reason,
+        "alert": alert,
+        "since": since,
+    }
+    return Bulk(verb, where, every, filtered, {k: v for k, v in selection.items() if v})
+
+
+def _summary(bulk: Bulk) -> str | None:
+    """Returns what the action would do, for the question asked on a terminal."""
+
+    async def look(app: App) -> ReplayReport:
+        return await replay(app.sessions, app.clock, app.metrics, bulk.where, dry_run=True)
+
+    report = run_async(look)
+    if not report.ids:
+        return None
+    per_channel = ", ".join(f"{c}: {n}" for c, n in sorted(report.by_channel.items()))
+    return f"{len(report.ids)} dead letter(s) will be {bulk.past} ({per_channel})"
+
+
+def _run_bulk(
+    bulk: Bulk, *, yes: bool, dry_run: bool, as_json: bool, rate: str | None = None
+) -> None:
+    if not (yes or dry_run):
+        confirm(bulk.verb, lambda: _summary(bulk), unbounded=bulk.every and not bulk.filtered)
+    audit = Audit(os_actor(), {**bulk.selection, **({"rate": rate} if rate else {})})
+    per_second = parse_rate(rate) if rate else None
+
+    with progress(f"{bulk.verb}:") as on_progress:
+
+        async def work(app: App) -> ReplayReport:
+            if bulk.verb == "replay":
+                return await replay(
+                    app.sessions,
+                    app.clock,
+                    app.metrics,
+                    bulk.where,
+                    dry_run=dry_run,
+                    audit=audit,
+                    rate=per_second,
+                    on_progress=on_progress,
+                )
+            return await purge(
+                app.sessions,
+                app.clock,
+                bulk.where,
+                dry_run=dry_run,
+                audit=audit,
+                on_progress=on_progress,
+            )
+
+        report = run_async(work)
+    _print_report(bulk.past, report, as_json)
 
 
 def _print_report(verb: str, report: ReplayReport, as_json: bool) -> None:
@@ -211,16 +293,25 @@ def dlq_replay(
     reason: Reason = None,
     alert: AlertId = None,
     since: Since = None,
+    rate: Annotated[
+        str,
+        typer.Option(
+            help="Release at most this many a second (5/s, 300/m), so a recovered provider "
+            "is not flooded."
+        ),
+    ] = DEFAULT_RATE,
     dry_run: DryRun = False,
+    yes: Yes = False,
     as_json: Json = False,
 ) -> None:
-    """Puts dead letters back to PENDING with a fresh retry schedule (the relay sends them)."""
-    where = _selection(ids, every, channel, reason, alert, since)
+    """Puts dead letters back to PENDING with a fresh retry schedule, paced and audited.
 
-    async def work(app: App) -> ReplayReport:
-        return await replay(app.sessions, app.clock, app.metrics, where, dry_run=dry_run)
-
-    _print_report("replayed", run_async(work), as_json)
+    Needs --id, a filter, or --all; --all without a filter also needs --yes (or a terminal to
+    confirm on). Each run is recorded in `tocsin audit`.
+    """
+    parse_rate(rate)  # a bad rate fails before anything is asked or read
+    bulk = _bulk("replay", ids, every, channel, reason, alert, since)
+    _run_bulk(bulk, yes=yes, dry_run=dry_run, as_json=as_json, rate=rate)
 
 
 @dlq.command("purge")
@@ -232,18 +323,49 @@ def dlq_purge(
     alert: AlertId = None,
     since: Since = None,
     dry_run: DryRun = False,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: Yes = False,
     as_json: Json = False,
 ) -> None:
-    """Takes dead letters out of the queue as SUPPRESSED (purged); the rows stay for audit."""
-    where = _selection(ids, every, channel, reason, alert, since)
-    if not (dry_run or yes or typer.confirm("Purge the matching dead letters?", default=False)):
-        fail("purge cancelled", 1)
+    """Takes dead letters out of the queue as SUPPRESSED (purged); the rows stay, audited.
 
-    async def work(app: App) -> ReplayReport:
-        return await purge(app.sessions, app.clock, where, dry_run=dry_run)
+    Needs --id, a filter, or --all; --all without a filter also needs --yes (or a terminal to
+    confirm on). Each run is recorded in `tocsin audit`.
+    """
+    bulk = _bulk("purge", ids, every, channel, reason, alert, since)
+    _run_bulk(bulk, yes=yes, dry_run=dry_run, as_json=as_json)
 
-    _print_report("purged", run_async(work), as_json)
+
+def audit(
+    limit: Limit = 50,
+    as_json: Json = False,
+) -> None:
+    """Lists the audit log of bulk actions (replay, purge), newest first: who, when, what."""
+
+    async def work(app: App) -> list[AuditView]:
+        return await list_records(app.sessions, limit)
+
+    records = run_async(work)
+    if as_json:
+        emit(records, as_json=True)
+        return
+    emit(
+        [
+            {
+                **record.__dict__,
+                "selection": json.dumps(record.selection, sort_keys=True),
+                "ids": _ids_shown(record.ids),
+            }
+            for record in records
+        ],
+        as_json=False,
+        title="audit log",
+        columns=("id", "at", "actor", "action", "count", "selection", "ids"),
+    )
+
+
+def _ids_shown(ids: list[int], most: int = 10) -> str:
+    shown = ",".join(map(str, ids[:most]))
+    return shown + (f",… ({len(ids)})" if len(ids) > most else "")
 
 
 def inbox(

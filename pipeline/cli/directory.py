@@ -48,7 +48,7 @@ def users_upsert(
     )
 
     async def work(app: App) -> object:
-        return await upsert_recipient(app.sessions, app.clock, data)
+        return await upsert_recipient(app.sessions, app.clock, data, app.settings.wecom_allowlist)
 
     record = run_async(work)
     emit([record] if not as_json else record, as_json=as_json, title="user", columns=USER_COLUMNS)
@@ -73,6 +73,18 @@ def alerts_create(
     expires_in: Annotated[
         str | None, typer.Option(help="Stop notifying after this long, e.g. 2h.")
     ] = None,
+    mention_all: Annotated[
+        bool,
+        typer.Option(
+            "--mention-all", help="@mention everyone in the WeCom group (critical alerts only)."
+        ),
+    ] = False,
+    dedup_key: Annotated[
+        str | None,
+        typer.Option(
+            help="A repeat with this key within DEDUP_WINDOW notifies nobody (e.g. disk-db1)."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Records an alert; the next producer pass notifies its recipients."""
@@ -81,10 +93,11 @@ def alerts_create(
     except ValueError as exc:
         fail(f"--expires-in: {exc}")
         return
-    data = AlertInput(title, body or title, severity, recipient, expiry)
+    data = AlertInput(title, body or title, severity, recipient, expiry, mention_all, dedup_key)
 
     async def work(app: App) -> Alert:
-        return await create_alert(app.sessions, app.clock, data)
+        limit = app.settings.max_recipients_per_alert
+        return await create_alert(app.sessions, app.clock, data, max_recipients=limit)
 
     alert = run_async(work)
     shown = {
@@ -93,6 +106,8 @@ def alerts_create(
         "severity": alert.severity,
         "created_at": alert.created_at,
         "recipients": recipient,
+        "mention_all": alert.mention_all,
+        "dedup_key": alert.dedup_key,
     }
     emit(
         shown if as_json else [shown],

@@ -33,10 +33,11 @@ from channels.wecom import (
     severity_colour,
     transport_error,
     truncate_utf8,
-    webhook_key,
 )
+from channels.wecom_url import ROBOT_PATH, robot_key
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
+from pipeline.outbound import UrlRefused
 from tests.channels.test_errors import WECOM_TABLE
 from tests.support.secrets import assert_no_secret
 from tests.support.wecom_server import WeComRobot
@@ -66,6 +67,10 @@ def make_delivery(**overrides: Any) -> Delivery:
 def make_settings(**overrides: Any) -> Settings:
     fields: dict[str, Any] = {"wecom_enabled": True, "send_timeout": timedelta(seconds=5)}
     fields.update(overrides)
+    url = fields.get("wecom_webhook_url")
+    if url and "wecom_allowed_hosts" not in fields:
+        # Allow the webhook's own origin, e.g. http://127.0.0.1:PORT for the loopback robot.
+        fields["wecom_allowed_hosts"] = url.split(ROBOT_PATH, 1)[0]
     return Settings(_env_file=None, **fields)
 
 
@@ -139,10 +144,10 @@ def test_no_webhook_anywhere_is_channel_disabled(harness: Harness) -> None:
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/send?key=abc", "not a url", "https:///x"])
-def test_non_http_webhook_is_invalid_address(harness: Harness, url: str) -> None:
+def test_non_http_webhook_is_refused(harness: Harness, url: str) -> None:
     with pytest.raises(PermanentError) as caught:
         harness.channel().render(make_delivery(wecom_webhook=url))
-    assert caught.value.reason is Reason.INVALID_ADDRESS
+    assert caught.value.reason is Reason.URL_REFUSED
 
 
 def test_every_recipient_is_reachable_through_the_group_robot() -> None:
@@ -150,16 +155,20 @@ def test_every_recipient_is_reachable_through_the_group_robot() -> None:
     assert WeComChannel.reachable(Contacts(wecom_userid="zhangsan"))
 
 
-def test_webhook_key() -> None:
-    assert webhook_key("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc-1") == "abc-1"
-    assert webhook_key("https://hooks.example.com/robot") == "https://hooks.example.com/robot"
+def test_robot_key() -> None:
+    assert robot_key("key=abc-1") == "abc-1"
+    for query in ("", "key=", "KEY=x", "key=a&key=b", "key=a&debug=1", "key=a b", "k=a"):
+        with pytest.raises(UrlRefused):
+            robot_key(query)
 
 
 # rendering
 
 
 def test_render_markdown_with_heading_colour_body_and_mention(harness: Harness) -> None:
-    channel = harness.channel(wecom_webhook_url="https://qyapi.example/send?key=abc")
+    channel = harness.channel(
+        wecom_webhook_url="https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc"
+    )
     payload = channel.render(make_delivery())
     assert payload.body["msgtype"] == "markdown"
     content = content_of(payload.body)
@@ -176,7 +185,7 @@ def test_render_without_userid_mentions_nobody() -> None:
 
 def test_render_keeps_title_on_its_heading_line() -> None:
     content = render_markdown(make_delivery(title="one\ntwo\r\n## three"))
-    assert content.splitlines()[0] == "## one two ## three"
+    assert content.splitlines()[0] == "## one two \\#\\# three"
 
 
 @pytest.mark.parametrize(

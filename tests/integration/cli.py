@@ -75,6 +75,7 @@ def channel_env(sink: SmtpSink, robot: WeComRobot, key: str = "k1") -> dict[str,
         "EMAIL_FROM": EMAIL_FROM,
         "WECOM_ENABLED": "true",
         "WECOM_WEBHOOK_URL": robot.webhook_url(key),
+        "WECOM_ALLOWED_HOSTS": robot.allow_entry,
         "SEND_TIMEOUT": "10s",
     }
 

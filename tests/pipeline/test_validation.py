@@ -8,21 +8,31 @@ from typing import Any
 import pytest
 
 from pipeline.models import Severity
+from pipeline.outbound import AllowList
 from pipeline.quiet_hours import QuietHours
 from pipeline.validation import (
     BODY_MAX_BYTES,
     TITLE_MAX,
     InputError,
+    content_error,
     validate_body,
     validate_channels,
     validate_email,
     validate_recipients,
+    validate_robot_url,
     validate_severity,
     validate_timezone,
     validate_title,
     validate_username,
-    validate_webhook_url,
+    validate_wecom_userid,
 )
+
+ALLOWED = AllowList.parse("qyapi.weixin.qq.com,http://127.0.0.1:8080", "WECOM_ALLOWED_HOSTS")
+
+
+def validate_webhook_url(url: str) -> str:
+    return validate_robot_url(url, ALLOWED)
+
 
 SECRET = "0a1b2c3d-SECRET-KEY"
 WEBHOOK = f"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={SECRET}"
@@ -44,12 +54,23 @@ GOOD: list[tuple[Callable[[Any], Any], Any, Any]] = [
     (validate_title, "磁盘已满", "磁盘已满"),
     (validate_body, "\nline one\nline two\n", "line one\nline two"),
     (validate_body, "x" * BODY_MAX_BYTES, "x" * BODY_MAX_BYTES),
+    (validate_body, "one\r\ntwo\rthree\r\n", "one\ntwo\nthree"),
+    (validate_body, "col\tcol\n\tindented", "col\tcol\n\tindented"),
+    (validate_body, "<@all> [x](http://e) 🚨", "<@all> [x](http://e) 🚨"),
+    (validate_wecom_userid, "zhangsan", "zhangsan"),
+    (validate_wecom_userid, " a.b_c@d-E9 ", "a.b_c@d-E9"),
+    (validate_wecom_userid, "allison", "allison"),
+    (validate_wecom_userid, "u" * 64, "u" * 64),
     (validate_channels, "system,email", frozenset({"system", "email"})),
     (validate_channels, " WeCom , system,", frozenset({"wecom", "system"})),
     (validate_recipients, ["alice"], ["alice"]),
     (validate_recipients, ["bob", "alice", "bob", " alice "], ["bob", "alice"]),
     (validate_webhook_url, f" {WEBHOOK} ", WEBHOOK),
-    (validate_webhook_url, "http://127.0.0.1:8080/hook", "http://127.0.0.1:8080/hook"),
+    (
+        validate_webhook_url,
+        "http://127.0.0.1:8080/cgi-bin/webhook/send?key=k",
+        "http://127.0.0.1:8080/cgi-bin/webhook/send?key=k",
+    ),
 ]
 
 BAD: list[tuple[Callable[[Any], Any], Any, str]] = [
@@ -84,6 +105,15 @@ BAD: list[tuple[Callable[[Any], Any], Any, str]] = [
     (validate_title, "Disk\u2028full", "title must be a single line"),
     (validate_title, "t" * (TITLE_MAX + 1), "title is 201 characters: the limit is 200"),
     (validate_title, "bad \udcff byte", "title must be valid UTF-8 text"),
+    (validate_title, "Disk\x00full", "title contains control character U+0000 at position 4"),
+    (validate_title, "Disk\tfull", "title contains control character U+0009 at position 4"),
+    (validate_title, " esc\x1b[31m", "title contains control character U+001B at position 4"),
+    (validate_title, "del\x7f", "title contains control character U+007F at position 3"),
+    (validate_title, "csi\x9b", "title contains control character U+009B at position 3"),
+    (validate_title, "Disk\x85full", "title must be a single line (no CR, LF or other line breaks)"),
+    (validate_title, "end\n", "title must be a single line (no CR, LF or other line breaks)"),
+    (validate_title, "non \ufffe", "title contains noncharacter U+FFFE at position 4"),
+    (validate_title, "non \U0010ffff", "title contains noncharacter U+10FFFF at position 4"),
     (validate_body, "", "body must not be empty"),
     (validate_body, " \n\t ", "body must not be empty"),
     (
@@ -94,6 +124,20 @@ BAD: list[tuple[Callable[[Any], Any], Any, str]] = [
     # 32,769 characters, but two bytes each in UTF-8.
     (validate_body, "é" * 32_769, "body is 65538 bytes of UTF-8: the limit is 65536 bytes"),
     (validate_body, "bad \udcff byte", "body must be valid UTF-8 text"),
+    (validate_body, "x" * 12 + "\x00y", "body contains control character U+0000 at position 12"),
+    (validate_body, "trailing NUL\x00", "body contains control character U+0000 at position 12"),
+    (validate_body, "page\x0cbreak", "body contains control character U+000C at position 4"),
+    (validate_body, "\x1b[2J cleared", "body contains control character U+001B at position 0"),
+    (validate_body, "nel\x85", "body contains control character U+0085 at position 3"),
+    (validate_body, "\ufdd0", "body contains noncharacter U+FDD0 at position 0"),
+    (validate_wecom_userid, "all", "wecom_userid 'all' is reserved: it mentions the whole group"),
+    (validate_wecom_userid, " @ALL ", "wecom_userid '@ALL' is reserved"),
+    (validate_wecom_userid, "bob> <@all", "wecom_userid 'bob> <@all' is invalid: use 1-64"),
+    (validate_wecom_userid, "<@all>", "wecom_userid '<@all>' is invalid"),
+    (validate_wecom_userid, "a b", "wecom_userid 'a b' is invalid"),
+    (validate_wecom_userid, "u" * 65, "is invalid: use 1-64 letters"),
+    (validate_wecom_userid, "张三", "wecom_userid '张三' is invalid"),
+    (validate_wecom_userid, "", "wecom_userid '' is invalid"),
     (validate_channels, "fax", "unknown channel 'fax': choose from system, email, wecom"),
     (validate_channels, "system,sms", "unknown channel 'sms'"),
     (validate_channels, "", "channels must name at least one of system, email, wecom"),
@@ -102,7 +146,7 @@ BAD: list[tuple[Callable[[Any], Any], Any, str]] = [
     (validate_recipients, ["alice", "bob smith"], "username 'bob smith' is invalid"),
     (validate_recipients, [""], "username '' is invalid"),
     (validate_webhook_url, "", "webhook URL must not be empty"),
-    (validate_webhook_url, "qyapi.weixin.qq.com/send?key=x", "webhook URL must be an http://"),
+    (validate_webhook_url, "qyapi.weixin.qq.com/send?key=x", "webhook URL is refused: "),
 ]
 
 
@@ -163,6 +207,25 @@ def test_webhook_url_errors_never_show_the_url(url: str) -> None:
     # Nothing chained either: a traceback would print the original exception's message.
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None
+
+
+CONTROL_CHARACTERS = [chr(code) for code in (*range(0x20), *range(0x7F, 0xA0))]
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=lambda char: f"U+{ord(char):04X}")
+def test_every_control_character_is_refused_in_titles(char: str) -> None:
+    with pytest.raises(InputError, match=f"U\\+{ord(char):04X} at position 1"):
+        validate_title(f"a{char}b")
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=lambda char: f"U+{ord(char):04X}")
+def test_bodies_refuse_every_control_character_but_lf_cr_and_tab(char: str) -> None:
+    if char in "\n\r\t":
+        assert validate_body(f"a{char}b") in ("a\nb", "a\tb")
+        assert content_error("body", f"a{char}b", multiline=True) is None
+        return
+    with pytest.raises(InputError, match=f"body contains control character U\\+{ord(char):04X}"):
+        validate_body(f"a{char}b")
 
 
 def test_input_error_is_a_value_error() -> None:

@@ -37,7 +37,11 @@ def with_channels(
             "email_security": EmailSecurity.NONE,
         }
     if robot is not None:
-        update |= {"wecom_enabled": True, "wecom_webhook_url": SecretStr(robot.webhook_url("k1"))}
+        update |= {
+            "wecom_enabled": True,
+            "wecom_webhook_url": SecretStr(robot.webhook_url("k1")),
+            "wecom_allowed_hosts": robot.allow_entry,
+        }
     return settings.model_copy(update=update | extra)
 
 
@@ -54,7 +58,8 @@ async def open_app(settings: Settings, clock: ManualClock | None = None) -> Asyn
 
 async def add_user(app: App, username: str, **fields: Any) -> RecipientRecord:
     """Creates a recipient; fields are RecipientInput's (email, channels, quiet_hours, ...)."""
-    return await upsert_recipient(app.sessions, app.clock, RecipientInput(username, **fields))
+    data = RecipientInput(username, **fields)
+    return await upsert_recipient(app.sessions, app.clock, data, app.settings.wecom_allowlist)
 
 
 async def add_alert(
@@ -62,7 +67,9 @@ async def add_alert(
 ) -> Alert:
     """Creates an alert for the recipients."""
     data = AlertInput(title, f"{title}: details", severity, list(recipients))
-    return await create_alert(app.sessions, app.clock, data)
+    return await create_alert(
+        app.sessions, app.clock, data, max_recipients=app.settings.max_recipients_per_alert
+    )
 
 
 async def produced(app: App, username: str = "alice", **user_fields: Any) -> Alert:

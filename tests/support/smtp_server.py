@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -73,6 +74,7 @@ class _Handler:
         message = BytesParser(policy=policy.default).parsebytes(raw)
         assert isinstance(message, EmailMessage)
         self._sink.messages.append(message)
+        self._sink.received_at.append(time.monotonic())
         self._sink.envelopes.append((envelope.mail_from or "", list(envelope.rcpt_tos)))
         return "250 Message accepted for delivery"
 
@@ -103,6 +105,8 @@ class SmtpSink:
         self.host = "127.0.0.1"
         self.port = 0
         self.messages: list[EmailMessage] = []
+        # time.monotonic() when each message was accepted, in the order of messages.
+        self.received_at: list[float] = []
         self.envelopes: list[tuple[str, list[str]]] = []
         self.connections = 0
         self.quits = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -16,6 +17,8 @@ from aiohttp import web
 SEND_PATH = "/cgi-bin/webhook/send"
 LIMITS = {"text": 2048, "markdown": 4096}
 WINDOW_SECONDS = 60.0
+# A markdown mention as the robot reads it; "all" mentions the whole group.
+_MENTION = re.compile(r"<@([^<>]*)>")
 ERRMSGS = {
     0: "ok",
     40008: "invalid message type",
@@ -74,6 +77,11 @@ class WeComRobot:
     def base_url(self) -> str:
         """The server's root URL."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def allow_entry(self) -> str:
+        """The WECOM_ALLOWED_HOSTS entry that allows this loopback server (plain http)."""
+        return self.base_url
 
     def webhook_url(self, key: str) -> str:
         """The webhook URL of the robot with this key."""
@@ -186,3 +194,8 @@ def validate(body: Any) -> int:
     if len(content.encode("utf-8")) > LIMITS[msgtype]:
         return 45002
     return 0
+
+
+def mentions(content: str) -> list[str]:
+    """Returns whom WeCom would @mention for a markdown content: its <@userid> tags, in order."""
+    return _MENTION.findall(content)
