@@ -143,6 +143,7 @@ def worker(
     if unknown:
         fail(f"unknown channel {unknown[0]!r}: choose from {', '.join(CHANNEL_NAMES)}")
     if burst:
+        _needs_a_broker(load_settings(), "worker --burst")
 
         async def work(app_: App) -> int:
             await app_.queue.connect()
@@ -153,8 +154,20 @@ def worker(
     _serve(producer=False, channels=names, concurrency=concurrency)
 
 
+def _needs_a_broker(settings: Settings, command: str) -> None:
+    """Fails when a command that runs apart from the others is given the in-process queue."""
+    if settings.queue_scheme == "memory":
+        fail(
+            f"`tocsin {command}` on QUEUE_URL=memory:// would hand its work to no other process: "
+            "run `tocsin run` (producer, relay and workers in one process), or set QUEUE_URL to "
+            "a broker (amqp://... or redis://...)"
+        )
+
+
 def _serve(*, producer: bool, channels: list[str] | None, concurrency: int | None) -> None:
     settings = load_settings()
+    if channels is None or not producer:
+        _needs_a_broker(settings, "producer" if producer else "worker")
     configure_logging(settings.log_level, settings.log_format, Redactor(secrets_of(settings)))
     from prometheus_client import REGISTRY
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from pipeline.app import App, secrets_of
 from pipeline.cli.output import fail
 from pipeline.config import Settings
+from pipeline.durations import format_duration
 from pipeline.logs import configure_logging
 from pipeline.queues.base import QueueUnavailable
 from pipeline.redact import Redactor
@@ -47,16 +49,44 @@ def friendly_errors(settings: Settings | None = None) -> Iterator[None]:
     except InputError as exc:
         fail(redact(str(exc)))
     except DBAPIError as exc:
-        text = str(exc.orig) if exc.orig is not None else str(exc)
-        if "no such table" in text or "does not exist" in text:
-            fail("the database has no Tocsin tables yet: run `tocsin db upgrade` first", 1)
-        fail(f"database error: {redact(text.strip().splitlines()[0])}", 1)
+        fail(database_error(exc, redact), 1)
     except OverflowError as exc:
         fail(f"a number is out of range: {redact(str(exc))}")
     except QueueUnavailable as exc:
         fail(f"queue unavailable: {redact(str(exc))}", 1)
+    except TimeoutError:
+        # Broker timeouts arrive as QueueUnavailable; a bare one is the database's driver.
+        fail(database_timeout(settings), 1)
     except (OSError, ConnectionError) as exc:
-        fail(f"cannot connect: {redact(str(exc))}", 1)
+        fail(f"cannot connect: {redact(str(exc)) or type(exc).__name__}", 1)
+
+
+_NO_TABLE = re.compile(r'no such table|relation "[^"]*" does not exist')
+_NO_DATABASE = re.compile(r'database "[^"]*" does not exist')
+
+
+def database_error(exc: DBAPIError, redact: Redactor) -> str:
+    """Returns the one-line message for a database error: missing schema, database, or as is."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    if _NO_TABLE.search(text):
+        return "the database has no Tocsin tables yet: run `tocsin db upgrade` first"
+    missing = _NO_DATABASE.search(text)
+    if missing:
+        return f"{missing.group(0)}: create it (e.g. createdb), then run `tocsin db upgrade`"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc.orig).__name__
+    return f"database error: {redact(first)}"
+
+
+def database_timeout(settings: Settings | None) -> str:
+    """Returns the one-line message for a database that accepted no answer in time."""
+    if settings is None:
+        return "the database did not answer in time"
+    connect = format_duration(settings.db_connect_timeout)
+    command = format_duration(settings.db_command_timeout)
+    return (
+        f"the database did not answer within DB_CONNECT_TIMEOUT ({connect}) or "
+        f"DB_COMMAND_TIMEOUT ({command}): is it up, and reachable from here?"
+    )
 
 
 def run_async(

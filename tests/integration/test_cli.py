@@ -141,7 +141,7 @@ async def test_end_to_end_quiet_hours_critical_opt_out_and_inbox(
     )
     critical = await cli.json(
         *("alerts", "create", "--title", CRITICAL_TITLE, "--body", "Connections refused."),
-        *words("--severity critical --recipient alice"),
+        *words("--severity critical --recipient alice --mention-all"),
     )
     assert warning["recipients"] == ["alice", "bob", "carol"]
     assert critical["severity"] == "critical"
@@ -208,7 +208,8 @@ async def test_end_to_end_quiet_hours_critical_opt_out_and_inbox(
     (bob_post,) = [p for p in contents if WARNING_TITLE in p]
     (alice_post,) = [p for p in contents if CRITICAL_TITLE in p]
     assert "<@" not in bob_post
-    assert alice_post.rstrip().endswith("<@alice>")
+    assert alice_post.rstrip().endswith("<@all> <@alice>")
+    assert critical["mention_all"] is True
 
     # inbox
     alice_inbox = await cli.json("inbox", "alice")
@@ -416,6 +417,31 @@ BAD_INPUTS: list[tuple[str, Sequence[str], Sequence[str]]] = [
         ["title", "single line"],
     ),
     (
+        "control-character-title",
+        ["alerts", "create", "--title", "Disk\x07full", "--recipient", "bob"],
+        ["title", "control character U+0007 at position 4"],
+    ),
+    (
+        "escape-sequence-body",
+        ["alerts", "create", "--title", "t", "--body", "a\x1b[2Jb", "--recipient", "bob"],
+        ["body", "control character U+001B at position 1"],
+    ),
+    (
+        "mention-all-on-a-warning",
+        ["alerts", "create", "--title", "t", "--recipient", "bob", "--mention-all"],
+        ["--mention-all", "critical"],
+    ),
+    (
+        "wecom-userid-all",
+        ["users", "upsert", "zed", "--wecom-userid", "all"],
+        ["wecom_userid", "'all'", "reserved"],
+    ),
+    (
+        "wecom-userid-with-a-mention",
+        ["users", "upsert", "bob", "--wecom-userid", "bob> <@all"],
+        ["wecom_userid", "invalid"],
+    ),
+    (
         "invalid-severity",
         ["alerts", "create", "--title", "t", "--severity", "urgent", "--recipient", "bob"],
         ["severity", "urgent", "info, warning, critical"],
@@ -520,8 +546,19 @@ async def test_ids_out_of_range_are_one_line_errors(baseline_cli: Cli, args: Seq
 async def test_a_lease_that_cannot_cover_two_sends_is_a_configuration_error(
     baseline_cli: Cli,
 ) -> None:
-    result = await baseline_cli.with_env(SEND_LEASE="50s", SEND_TIMEOUT="30s")("worker", "--burst")
+    result = await baseline_cli.with_env(SEND_LEASE="50s", SEND_TIMEOUT="30s")("run", "--drain")
     assert_one_line_error(result, "SEND_LEASE (50s)", "twice SEND_TIMEOUT (30s)")
+
+
+@pytest.mark.parametrize("args", [["worker", "--burst"], ["worker"], ["producer"]])
+async def test_separate_processes_refuse_the_in_process_queue(
+    baseline_cli: Cli, args: list[str]
+) -> None:
+    # memory:// cannot cross processes: a separate worker would receive nothing, and the rows
+    # would go out only when QUEUE_LEASE ran out.
+    result = await baseline_cli.with_env(QUEUE_URL="memory://")(*args, timeout=30)
+    assert_one_line_error(result, "memory://", "tocsin run", "broker")
+    assert result.code == 2
 
 
 @pytest.mark.parametrize(
