@@ -97,8 +97,8 @@ def env_for(settings: Settings) -> dict[str, str]:
     """Returns the environment that gives a child process these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMAIL_", "WECOM_"))}
     env |= {
-        "DATABASE_URL": settings.database_url,
-        "QUEUE_URL": settings.queue_url,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "QUEUE_URL": settings.queue_url.get_secret_value(),
         "METRICS_PORT": "-1",
         "LOG_LEVEL": "WARNING",
         "RELAY_INTERVAL": "0.2s",

@@ -61,7 +61,7 @@ def _configure(**kwargs: Any) -> None:
 def run_migrations_offline() -> None:
     """Writes the migration SQL for DATABASE_URL to stdout (`alembic upgrade --sql`)."""
     _configure(
-        url=_settings.database_url,
+        url=_settings.database_url.get_secret_value(),
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
     )
@@ -77,7 +77,8 @@ def _run_sync(connection: Connection) -> None:
 
 async def _run_async() -> None:
     # NullPool: a one-shot migration keeps no connections once it is done.
-    engine = create_async_engine(_settings.database_url, poolclass=pool.NullPool)
+    url = _settings.database_url.get_secret_value()
+    engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -43,13 +43,17 @@ def _sqlite_begin(connection: Any) -> None:
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    """Returns an engine for DATABASE_URL, tuned for SQLite or a pooled PostgreSQL."""
+    """Returns an engine for DATABASE_URL, tuned for SQLite or a pooled PostgreSQL.
+
+    Statement parameters (contacts, webhook keys) are kept out of its logs and error messages.
+    """
     if settings.is_sqlite:
         # SQLite has one writer at a time: with one pooled connection writers queue in asyncio
         # instead of sleep-polling on the file lock (3.6x faster measured with 16 senders).
         # No code path holds two sessions at once, so this cannot deadlock.
         engine = create_async_engine(
             settings.database_url.get_secret_value(),
+            hide_parameters=True,
             connect_args={"timeout": 30},
             pool_size=1,
             max_overflow=0,
@@ -60,6 +64,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         settings.database_url.get_secret_value(),
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,

@@ -110,7 +110,7 @@ class AmqpQueue(Queue):
     """Quorum queues on RabbitMQ through one robust aio-pika connection."""
 
     def __init__(self, settings: Settings, channels: Sequence[str] | None = None) -> None:
-        self._url = settings.queue_url
+        self._url = settings.queue_url.get_secret_value()
         self._delivery_limit = settings.queue_delivery_limit
         self._timeout = settings.broker_timeout.total_seconds()
         # None: every registered channel (looked up at connect, to keep imports acyclic).

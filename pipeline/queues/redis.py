@@ -145,7 +145,7 @@ class RedisQueue(Queue):
         # Retries reconnect a pooled connection the server dropped (e.g. after a restart);
         # every call is still bounded by BROKER_TIMEOUT as a whole.
         self._redis = Redis.from_url(
-            settings.queue_url,
+            settings.queue_url.get_secret_value(),
             socket_timeout=self._timeout,
             socket_connect_timeout=self._timeout,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),

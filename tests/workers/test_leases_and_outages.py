@@ -21,6 +21,7 @@ from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.db import database_unavailable
 from pipeline.models import InboxMessage, Notification, State
+from pipeline.secret_url import SecretUrl
 from pipeline.validation import InputError
 from tests.support.pipeline import (
     START,
@@ -163,9 +164,11 @@ async def test_an_unreachable_database_is_told_from_a_bad_statement(
 async def test_a_database_outage_holds_the_batch_until_the_database_is_back(
     postgres_settings: Settings,
 ) -> None:
-    async with FaultProxy.to(postgres_settings.database_url) as proxy:
+    database_url = postgres_settings.database_url.get_secret_value()
+    async with FaultProxy.to(database_url) as proxy:
+        # model_copy does not validate: the URL goes in as the SecretUrl the field holds.
         settings = postgres_settings.model_copy(
-            update={"database_url": proxy.route(postgres_settings.database_url)}
+            update={"database_url": SecretUrl(proxy.route(database_url))}
         )
         async with open_app(settings) as app:
             await queued_inbox_rows(app, "alice")

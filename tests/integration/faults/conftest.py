@@ -60,7 +60,9 @@ async def cluster(
     """A cluster on a fresh migrated PostgreSQL database and the broker; processes reaped after."""
     started = time.monotonic()
     async with Cluster(
-        database_url=postgres_settings.database_url, queue_url=queue_url, tmp_path=tmp_path
+        database_url=postgres_settings.database_url.get_secret_value(),
+        queue_url=queue_url,
+        tmp_path=tmp_path,
     ) as created:
         yield created
     print(f"[{created.broker}] wall time {time.monotonic() - started:.1f}s")

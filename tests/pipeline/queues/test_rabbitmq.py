@@ -19,6 +19,7 @@ from pipeline.config import Settings
 from pipeline.queues import names, open_queue
 from pipeline.queues.base import QueueUnavailable, decode_message, encode_message
 from pipeline.queues.rabbitmq import RECONNECT_INTERVAL, AmqpQueue
+from pipeline.secret_url import SecretUrl
 from tests.pipeline.queues.contract import QueueContract
 from tests.support.proxy import FaultProxy
 from tests.support.services import delete_topology
@@ -205,7 +206,7 @@ async def test_a_queue_that_could_not_connect_connects_once_the_broker_is_back(
     async with FaultProxy.to(amqp_url) as proxy:
         proxy.refuse()
         queue = AmqpQueue(
-            settings.model_copy(update={"queue_url": proxy.route(amqp_url)}), CHANNELS
+            settings.model_copy(update={"queue_url": SecretUrl(proxy.route(amqp_url))}), CHANNELS
         )
         try:
             with pytest.raises(QueueUnavailable):
