@@ -28,6 +28,7 @@ SUPPRESSION_REASONS = (
     Reason.ALERT_RESOLVED,
     Reason.ALERT_EXPIRED,
     Reason.RECIPIENT_REMOVED,
+    Reason.INVALID_CONTENT,
 )
 
 # The worker stages whose database work is retried (label values of database_retries).

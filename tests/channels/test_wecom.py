@@ -22,16 +22,13 @@ from channels.errors import (
     Reason,
     TransientError,
 )
-from channels.wecom import (
+from channels.wecom import SlidingWindowLimiter, WeComChannel, WeComPayload, transport_error
+from channels.wecom_markdown import (
     MARKDOWN_MAX_BYTES,
     TEXT_MAX_BYTES,
     TRUNCATION_MARK,
-    SlidingWindowLimiter,
-    WeComChannel,
-    WeComPayload,
     render_markdown,
     severity_colour,
-    transport_error,
     truncate_utf8,
 )
 from channels.wecom_url import ROBOT_PATH, robot_key

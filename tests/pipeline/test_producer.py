@@ -5,15 +5,29 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select, update
 from sqlmodel import col
 
+from channels.base import Contacts
 from channels.errors import Reason
 from pipeline.alerts import resolve_alert
+from pipeline.app import App
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
-from pipeline.models import Alert, Notification, State
-from tests.support.pipeline import START, add_alert, add_user, open_app, produced, rows, sample
+from pipeline.models import Alert, AlertRecipient, Notification, State
+from pipeline.preferences import RecipientView
+from pipeline.producer import Candidate, apply_content_check, expand
+from tests.support.pipeline import (
+    START,
+    add_alert,
+    add_user,
+    cycle,
+    open_app,
+    produced,
+    rows,
+    sample,
+)
 
 
 async def test_every_recipient_gets_each_enabled_channel(db_settings: Settings) -> None:
@@ -194,3 +208,100 @@ async def test_a_replica_skips_the_slot_while_another_holds_the_lock(
         ran = await app.producer().run()
     assert (skipped.alerts, skipped.created) == (0, 0)
     assert (ran.alerts, ran.created) == (1, 3)
+
+
+# content: a row written straight into the database is checked like input
+
+
+CONTENT_TABLE: list[tuple[str, str, Reason | None]] = [
+    ("Disk full", "Usage 97%\n\tand rising\r\n", None),
+    ("<@all> [login](http://evil.example)", "**markup is data, not a problem here**", None),
+    ("Disk\x00full", "fine", Reason.INVALID_CONTENT),
+    ("Disk full", "fine\x00", Reason.INVALID_CONTENT),
+    ("Disk\nfull", "fine", Reason.INVALID_CONTENT),
+    ("Disk\tfull", "fine", Reason.INVALID_CONTENT),
+    ("Disk full", "clear \x1b[2J", Reason.INVALID_CONTENT),
+    ("Disk full", "c1 \x9b", Reason.INVALID_CONTENT),
+    ("Disk \ufffe", "fine", Reason.INVALID_CONTENT),
+]
+ALICE = RecipientView(1, "alice", Contacts(), frozenset({"system", "email"}), None)
+
+
+@pytest.mark.parametrize(("title", "body", "reason"), CONTENT_TABLE)
+def test_content_check_suppresses_every_candidate_of_a_refused_alert(
+    title: str, body: str, reason: Reason | None
+) -> None:
+    alert = Alert(id=1, title=title, body=body, severity="warning", created_at=START)
+    fine = Alert(id=2, title="fine", body="fine", severity="warning", created_at=START)
+    candidates = expand(alert, [ALICE], ["system", "email"]) + expand(fine, [ALICE], ["system"])
+    checked = apply_content_check(candidates)
+    state = State.SUPPRESSED if reason else State.PENDING
+    assert [(c.alert.id, c.channel, c.state, c.reason) for c in checked] == [
+        (1, "system", state, reason),
+        (1, "email", state, reason),
+        (2, "system", State.PENDING, None),
+    ]
+
+
+def test_content_check_keeps_an_earlier_reason() -> None:
+    alert = Alert(id=1, title="a\x00", body="b", severity="warning", created_at=START)
+    earlier = Candidate(alert, ALICE, "system", State.SUPPRESSED, reason=Reason.OPTED_OUT)
+    assert apply_content_check([earlier]) == [earlier]
+
+
+async def insert_raw_alert(app: App, username: str, title: str, body: str) -> None:
+    """Writes an alert around create_alert's validation, as a careless script would."""
+    recipient_id = (await add_user(app, username, email=f"{username}@example.com")).id
+    async with app.sessions() as session, session.begin():
+        alert = Alert(title=title, body=body, severity="critical", created_at=START)
+        session.add(alert)
+        await session.flush()
+        session.add(AlertRecipient(alert_id=alert.id or 0, recipient_id=recipient_id))
+
+
+async def test_a_row_with_a_nul_in_its_title_is_suppressed_as_invalid_content(
+    sqlite_settings: Settings,
+) -> None:
+    # SQLite stores the NUL; PostgreSQL refuses NUL in text outright (the case below).
+    async with open_app(sqlite_settings) as app:
+        await insert_raw_alert(app, "alice", "Disk\x00full", "details")
+        report = await app.producer().run()
+        found = await rows(app)
+        suppressed = sample(
+            app.metrics.registry,
+            "tocsin_notifications_suppressed_total",
+            channel="wecom",
+            reason="invalid_content",
+        )
+    assert (report.created, report.suppressed) == (3, 3)
+    assert {(n.state, n.last_reason) for n in found.values()} == {
+        (State.SUPPRESSED, Reason.INVALID_CONTENT)
+    }
+    assert suppressed == 1
+
+
+async def test_a_row_with_an_escape_in_its_body_is_suppressed_as_invalid_content(
+    db_settings: Settings,
+) -> None:
+    async with open_app(db_settings) as app:
+        await insert_raw_alert(app, "alice", "Disk full", "output:\x1b[2J\x1b[31mgone")
+        await app.producer().run()
+        found = await rows(app)
+    assert {(n.state, n.last_reason) for n in found.values()} == {
+        (State.SUPPRESSED, Reason.INVALID_CONTENT)
+    }
+
+
+async def test_content_is_checked_again_at_send_time(sqlite_settings: Settings) -> None:
+    async with open_app(sqlite_settings) as app:
+        alert = await produced(app, channels="system")
+        async with app.sessions() as session, session.begin():
+            await session.execute(
+                update(Alert).where(col(Alert.id) == alert.id).values(body="now\x00with a NUL")
+            )
+        await cycle(app)
+        found = await rows(app)
+    assert (found[("alice", "system")].state, found[("alice", "system")].last_reason) == (
+        State.SUPPRESSED,
+        Reason.INVALID_CONTENT,
+    )

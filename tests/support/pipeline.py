@@ -63,10 +63,17 @@ async def add_user(app: App, username: str, **fields: Any) -> RecipientRecord:
 
 
 async def add_alert(
-    app: App, recipients: Sequence[str], severity: str = "warning", title: str = "Disk 95% on db-1"
+    app: App,
+    recipients: Sequence[str],
+    severity: str = "warning",
+    title: str = "Disk 95% on db-1",
+    *,
+    mention_all: bool = False,
 ) -> Alert:
     """Creates an alert for the recipients."""
-    data = AlertInput(title, f"{title}: details", severity, list(recipients))
+    data = AlertInput(
+        title, f"{title}: details", severity, list(recipients), mention_all=mention_all
+    )
     return await create_alert(
         app.sessions, app.clock, data, max_recipients=app.settings.max_recipients_per_alert
     )
