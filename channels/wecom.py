@@ -7,7 +7,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -61,12 +60,6 @@ class WeComPayload:
     url: str = field(repr=False)
     key: str = field(repr=False)
     body: dict[str, Any]
-
-
-def webhook_key(url: str) -> str:
-    """Returns the robot key in a webhook URL (the URL itself when it carries no key)."""
-    keys = parse_qs(urlsplit(url).query).get("key")
-    return keys[0] if keys else url
 
 
 class SlidingWindowLimiter:
