@@ -97,8 +97,11 @@ def run_async(
 ) -> T:
     """Runs work against a fresh app in a new event loop, with friendly errors."""
     settings = app_settings or load_settings()
+    # Short commands log warnings only, so a terminal shows just their answer; LOG_LEVEL=DEBUG
+    # is asked for explicitly and is honoured everywhere (on stderr: stdout stays clean).
+    debug = settings.log_level.upper() == "DEBUG"
     configure_logging(
-        settings.log_level if verbose else "WARNING",
+        settings.log_level if verbose or debug else "WARNING",
         settings.log_format,
         Redactor(secrets_of(settings)),
     )

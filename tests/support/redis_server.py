@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import signal
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from redis.asyncio import Redis
@@ -24,14 +25,17 @@ from tests.support.waiting import eventually
 class RedisServer:
     """One redis-server process; `crash()` kills it with SIGKILL, `start()` brings it back."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str | None = None) -> None:
         self.directory = directory
+        # With a password, clients must AUTH (requirepass); the URL carries it.
+        self.password = password
         self.port = free_port()
         self._process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     async def start(self, within: float = 10.0) -> None:
         """Starts the server on its port and waits until it answers PING."""
@@ -47,6 +51,7 @@ class RedisServer:
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self.directory),
+            *(("--requirepass", self.password) if self.password else ()),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
@@ -60,7 +65,12 @@ class RedisServer:
         self._process = None
 
     async def _answers(self) -> bool:
-        client = Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=1.0)
+        client = Redis(
+            port=self.port,
+            password=self.password,
+            socket_connect_timeout=1.0,
+            socket_timeout=1.0,
+        )
         try:
             return bool(await client.ping())
         except RedisError:
