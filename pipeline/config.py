@@ -86,6 +86,24 @@ class Settings(BaseSettings):
     # 0 lets the OS pick a free port (logged at start-up); -1 serves no /metrics at all.
     metrics_port: int = Field(9464, ge=-1, le=65535, validation_alias=_env("METRICS_PORT"))
 
+    # The HTTP API (`tocsin api`, and inside `tocsin run`): loopback unless told otherwise.
+    api_addr: str = Field("127.0.0.1", validation_alias=_env("API_ADDR"))
+    # 0 lets the OS pick a free port (logged at start-up); -1 serves no API at all.
+    api_port: int = Field(8080, ge=-1, le=65535, validation_alias=_env("API_PORT"))
+    api_max_body_bytes: int = Field(
+        1_048_576, ge=1024, validation_alias=_env("API_MAX_BODY_BYTES")
+    )
+    # A client that sends its request body slower than this is cut off (408).
+    api_body_timeout: timedelta = Field(
+        timedelta(seconds=10), validation_alias=_env("API_BODY_TIMEOUT")
+    )
+    # At most this many alerts in one POST /api/v1/alerts.
+    api_batch_max: int = Field(100, ge=1, validation_alias=_env("API_BATCH_MAX"))
+    # An Idempotency-Key is remembered this long: a repeat within it returns the first alert.
+    idempotency_retention: timedelta = Field(
+        timedelta(hours=24), validation_alias=_env("IDEMPOTENCY_RETENTION")
+    )
+
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
     log_format: str = Field("json", pattern="^(json|console)$", validation_alias=_env("LOG_FORMAT"))
 
@@ -168,6 +186,8 @@ class Settings(BaseSettings):
         "db_connect_timeout",
         "db_command_timeout",
         "dedup_window",
+        "api_body_timeout",
+        "idempotency_retention",
         mode="before",
     )
     @classmethod

@@ -243,3 +243,53 @@ class AuditRecord(SQLModel, table=True):
     count: int
     # The affected notification ids as a JSON array.
     ids: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class AlertKey(SQLModel, table=True):
+    """A key that names an alert from outside, so a repeat of the same request finds it.
+
+    `idem:<Idempotency-Key>` for API callers, `am:<fingerprint>:<startsAt>` for Alertmanager;
+    the primary key makes two concurrent requests with one key create one alert.
+    """
+
+    __tablename__ = "alert_keys"
+
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    alert_id: int = Field(foreign_key="alerts.id", index=True)
+    created_at: datetime = _utc(index=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of the HTTP API: stored as a hash, shown once, scoped, revocable."""
+
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    # Comma-separated scopes: ingest, read, admin.
+    scopes: str = Field(sa_column=Column(String(64), nullable=False))
+    # SHA-256 of the token (hex); the token itself is never stored.
+    token_hash: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    created_at: datetime = _utc()
+    last_used_at: datetime | None = _utc(nullable=True)
+    revoked_at: datetime | None = _utc(nullable=True)
+
+
+class RecipientGroup(SQLModel, table=True):
+    """A named set of recipients (e.g. an on-call team) that alerts can address."""
+
+    __tablename__ = "recipient_groups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    created_at: datetime = _utc()
+    updated_at: datetime = _utc()
+
+
+class GroupMember(SQLModel, table=True):
+    """Puts a recipient in a group."""
+
+    __tablename__ = "group_members"
+
+    group_id: int = Field(foreign_key="recipient_groups.id", primary_key=True)
+    recipient_id: int = Field(foreign_key="recipients.id", primary_key=True)

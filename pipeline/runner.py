@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -19,6 +19,9 @@ from pipeline.config import Settings
 from pipeline.jobs import PRODUCER_JOB_ID, JobSpec, declared_jobs, last_success, run_job
 from pipeline.producer import ProducerReport
 from pipeline.queues.base import QueueUnavailable
+
+if TYPE_CHECKING:
+    from pipeline.api.server import ApiServer
 
 log = structlog.get_logger("tocsin.runner")
 
@@ -87,6 +90,22 @@ async def serve_metrics(app: App) -> Any:
     server = await start_http_server(addr=app.settings.metrics_addr, port=app.settings.metrics_port)
     log.info("metrics_serving", url=server.url)
     return server
+
+
+async def serve_api(app: App) -> ApiServer | None:
+    """Serves the HTTP API on API_ADDR:API_PORT (0: any free port; -1: not at all)."""
+    if app.settings.api_port < 0:
+        return None
+    from pipeline.api.server import ApiServer  # FastAPI loads only where the API is served
+
+    server = ApiServer(app)
+    await server.start()
+    return server
+
+
+async def _serve_until(stop: asyncio.Event, server: ApiServer) -> None:
+    await stop.wait()
+    await server.stop()
 
 
 def _job_runners(app: App) -> dict[str, Callable[[], Awaitable[Any]]]:
@@ -167,13 +186,19 @@ async def _connect_queue(app: App) -> None:
 
 
 async def run_forever(
-    app: App, *, producer: bool, worker_channels: Iterable[str] | None, concurrency: int | None
+    app: App,
+    *,
+    producer: bool,
+    worker_channels: Iterable[str] | None,
+    concurrency: int | None,
+    api: bool = False,
 ) -> None:
     """Runs the chosen roles until SIGTERM/SIGINT, then stops taking work and drains."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     await _connect_queue(app)
     server = await serve_metrics(app)
+    api_server = await serve_api(app) if api else None
     tasks: list[Awaitable[None]] = []
     scheduler = None
     if producer:
@@ -185,6 +210,8 @@ async def run_forever(
         tasks.append(app.observer().run(stop, app.settings.observe_interval))
     if worker_channels is not None:
         tasks.append(app.worker(worker_channels, concurrency=concurrency).run(stop))
+    if api_server is not None:
+        tasks.append(_serve_until(stop, api_server))
     try:
         await asyncio.gather(*tasks)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import timedelta
 from enum import Enum
 from typing import Annotated
@@ -17,6 +18,7 @@ from pipeline.cli.deliveries import audit, dlq, inbox, notifications
 from pipeline.cli.directory import alerts, users
 from pipeline.cli.jobs import jobs, metrics
 from pipeline.cli.output import emit, fail, stderr, stdout
+from pipeline.cli.tokens import tokens
 from pipeline.config import Settings
 from pipeline.db import upgrade
 from pipeline.durations import format_duration
@@ -44,6 +46,7 @@ app.add_typer(dlq, name="dlq", no_args_is_help=True)
 app.command("inbox")(inbox)
 app.command("audit")(audit)
 app.add_typer(jobs, name="jobs", no_args_is_help=True)
+app.add_typer(tokens, name="tokens", no_args_is_help=True)
 app.command("metrics")(metrics)
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -88,7 +91,7 @@ def run(
     ] = False,
     as_json: Json = False,
 ) -> None:
-    """Runs producer (hourly + at start), relay, workers and /metrics in one process."""
+    """Runs producer (hourly + at start), relay, workers, the API and /metrics in one process."""
     if drain_now:
 
         async def work(app_: App) -> DrainReport:
@@ -102,7 +105,19 @@ def run(
 
         _print_drain(run_async(work, verbose=False), as_json)
         return
-    _serve(producer=True, channels=list(CHANNEL_NAMES), concurrency=None)
+    _serve(producer=True, channels=list(CHANNEL_NAMES), concurrency=None, api=True)
+
+
+@app.command("api")
+def api_command(
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Listen on this port (API_PORT).")
+    ] = None,
+) -> None:
+    """Serves the HTTP API alone (run replicas of it beside `tocsin producer` and workers)."""
+    if port is not None:
+        os.environ["API_PORT"] = str(port)
+    _serve(producer=False, channels=None, concurrency=None, api=True)
 
 
 @app.command()
@@ -164,9 +179,16 @@ def _needs_a_broker(settings: Settings, command: str) -> None:
         )
 
 
-def _serve(*, producer: bool, channels: list[str] | None, concurrency: int | None) -> None:
+def _serve(
+    *,
+    producer: bool,
+    channels: list[str] | None,
+    concurrency: int | None,
+    api: bool = False,
+) -> None:
     settings = load_settings()
-    if channels is None or not producer:
+    alone = producer != (channels is not None)  # a producer or a worker without the other
+    if alone:
         _needs_a_broker(settings, "producer" if producer else "worker")
     configure_logging(settings.log_level, settings.log_format, Redactor(secrets_of(settings)))
     from prometheus_client import REGISTRY
@@ -176,7 +198,11 @@ def _serve(*, producer: bool, channels: list[str] | None, concurrency: int | Non
         app_ = App.create(settings, registry=REGISTRY)
         try:
             await run_forever(
-                app_, producer=producer, worker_channels=channels, concurrency=concurrency
+                app_,
+                producer=producer,
+                worker_channels=channels,
+                concurrency=concurrency,
+                api=api,
             )
         finally:
             await app_.aclose()
