@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, update
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from channels.errors import Reason
 from pipeline.clock import Clock
 from pipeline.db import SessionFactory
-from pipeline.models import Alert, AlertRecipient, Severity
+from pipeline.models import Alert, AlertKey, AlertRecipient, Notification, Severity, State
 from pipeline.recipients import recipient_ids
 from pipeline.validation import (
     InputError,
@@ -37,10 +40,80 @@ class AlertInput:
     dedup_key: str | None = None
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """An alert that came in, and whether this call created it (False: its key named it)."""
+
+    alert: Alert
+    created: bool
+
+
 async def create_alert(
     sessions: SessionFactory, clock: Clock, data: AlertInput, *, max_recipients: int
 ) -> Alert:
-    """Validates and stores an alert with its recipients; the next producer pass expands it."""
+    """Validates and stores an alert with its recipients (the producer expands it)."""
+    alert, ids = await _prepare(sessions, clock, data, max_recipients)
+    async with sessions() as session, session.begin():
+        await _insert(session, alert, ids)
+    return alert
+
+
+async def ingest_alert(
+    sessions: SessionFactory,
+    clock: Clock,
+    data: AlertInput,
+    *,
+    max_recipients: int,
+    key: str | None = None,
+    key_retention: timedelta = timedelta(hours=24),
+) -> Ingested:
+    """Stores an alert unless key already names one from within key_retention (then that one).
+
+    The key and the alert commit together, and the key is a primary key: two concurrent calls
+    with one key create one alert. Validation runs first either way, so a bad repeat is refused.
+    """
+    alert, ids = await _prepare(sessions, clock, data, max_recipients)
+    if key is None:
+        async with sessions() as session, session.begin():
+            await _insert(session, alert, ids)
+        return Ingested(alert, True)
+    since = alert.created_at - key_retention
+    for _ in range(2):  # the second round follows a concurrent insert or an expired key
+        existing = await keyed_alert(sessions, key, since)
+        if existing is not None:
+            return Ingested(existing, False)
+        try:
+            async with sessions() as session, session.begin():
+                # An expired key is taken over: it no longer names anything.
+                await session.execute(
+                    delete(AlertKey).where(
+                        col(AlertKey.key) == key, col(AlertKey.created_at) <= since
+                    )
+                )
+                await _insert(session, alert, ids)
+                session.add(AlertKey(key=key, alert_id=alert.id or 0, created_at=alert.created_at))
+        except IntegrityError:
+            alert = Alert.model_validate(alert.model_dump(exclude={"id"}))
+            continue
+        return Ingested(alert, True)
+    raise InputError(f"alert key {key[:60]!r} is being used concurrently: try again")
+
+
+async def keyed_alert(sessions: SessionFactory, key: str, since: datetime) -> Alert | None:
+    """Returns the alert that key names, if the key was made after since."""
+    async with sessions() as session:
+        found = await session.execute(
+            select(Alert)
+            .join(AlertKey, col(AlertKey.alert_id) == col(Alert.id))
+            .where(col(AlertKey.key) == key, col(AlertKey.created_at) > since)
+        )
+        return found.scalars().first()
+
+
+async def _prepare(
+    sessions: SessionFactory, clock: Clock, data: AlertInput, max_recipients: int
+) -> tuple[Alert, list[int]]:
+    """Validates data and returns the unsaved alert and its recipients' ids, in order."""
     title = validate_title(data.title)
     body = validate_body(data.body)
     severity = validate_severity(data.severity)
@@ -66,18 +139,25 @@ async def create_alert(
         mention_all=data.mention_all,
         dedup_key=dedup_key,
     )
-    async with sessions() as session, session.begin():
-        session.add(alert)
-        await session.flush()
-        await session.execute(
-            insert(AlertRecipient),
-            [{"alert_id": alert.id, "recipient_id": ids[name]} for name in usernames],
-        )
-    return alert
+    return alert, [ids[name] for name in usernames]
+
+
+async def _insert(session: AsyncSession, alert: Alert, recipient_ids: list[int]) -> None:
+    session.add(alert)
+    await session.flush()
+    await session.execute(
+        insert(AlertRecipient),
+        [{"alert_id": alert.id, "recipient_id": rid} for rid in recipient_ids],
+    )
 
 
 async def resolve_alert(sessions: SessionFactory, clock: Clock, alert_id: int) -> datetime:
-    """Marks an alert resolved; its undelivered notifications are suppressed at send time."""
+    """Marks an alert resolved and suppresses its unsent notifications at once.
+
+    PENDING and QUEUED rows become SUPPRESSED (alert_resolved) now; a QUEUED row's message is
+    then dropped by the worker, whose claim is guarded by state. A row being sent right now
+    finishes its send.
+    """
     now = clock.now()
     async with sessions() as session, session.begin():
         result = await session.execute(
@@ -90,4 +170,17 @@ async def resolve_alert(sessions: SessionFactory, clock: Clock, alert_id: int) -
             if alert is None:
                 raise InputError(f"no alert {alert_id}")
             return alert.resolved_at or now
+        await session.execute(
+            update(Notification)
+            .where(
+                col(Notification.alert_id) == alert_id,
+                col(Notification.state).in_((State.PENDING.value, State.QUEUED.value)),
+            )
+            .values(
+                state=State.SUPPRESSED.value,
+                last_reason=Reason.ALERT_RESOLVED.value,
+                lease_until=None,
+                updated_at=now,
+            )
+        )
     return now

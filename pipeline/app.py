@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from channels.base import Channel, ChannelContext
 from channels.registry import CHANNEL_NAMES, CHANNELS, build_channels, channel_reasons
 from monitoring.metrics import Metrics
+from pipeline.alerts import AlertInput, Ingested, ingest_alert
 from pipeline.clock import Clock, SystemClock
 from pipeline.config import DispatchFallback, Settings
 from pipeline.db import SessionFactory, create_engine, session_factory
@@ -81,6 +82,29 @@ class App:
             self.settings.producer_batch_size,
             self.settings.dedup_window,
         )
+
+    async def ingest(self, alerts: Sequence[tuple[AlertInput, str | None]]) -> list[Ingested]:
+        """Stores alerts (each with an optional key naming it) and expands the new ones now.
+
+        Whatever the door (API, Alertmanager, CLI), an alert is durable when this returns and
+        its notifications exist, so a critical alert goes out within seconds, not at the next
+        hourly pass (which stays as the sweep for alerts written by other means).
+        """
+        results = [
+            await ingest_alert(
+                self.sessions,
+                self.clock,
+                data,
+                max_recipients=self.settings.max_recipients_per_alert,
+                key=key,
+                key_retention=self.settings.idempotency_retention,
+            )
+            for data, key in alerts
+        ]
+        created = [r.alert.id for r in results if r.created and r.alert.id is not None]
+        if created:
+            await self.producer().produce(created)
+        return results
 
     def observer(self) -> Observer:
         """Returns the observer that keeps the backlog and queue gauges current."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
@@ -210,10 +210,22 @@ class Producer:
         log.info("producer_pass", duration_ms=round(seconds * 1000, 1), **total.__dict__)
         return total
 
-    async def _run_batch(self) -> ProducerReport | None:
+    async def produce(self, alert_ids: Sequence[int]) -> ProducerReport:
+        """Expands these alerts now (those not yet expanded), as their ingest call returns.
+
+        Safe beside the hourly pass: an alert is claimed FOR UPDATE SKIP LOCKED while
+        unprocessed, and the notification identity is unique, so nothing is made twice.
+        """
+        total = ProducerReport()
+        for start in range(0, len(alert_ids), self._batch_size):
+            report = await self._run_batch(alert_ids[start : start + self._batch_size])
+            total += report or ProducerReport()
+        return total
+
+    async def _run_batch(self, only: Sequence[int] | None = None) -> ProducerReport | None:
         now = self._clock.now()
         async with self._sessions() as session, session.begin():
-            alerts = await self._claim_alerts(session)
+            alerts = await self._claim_alerts(session, only)
             if not alerts:
                 return None
             recipients = await self._recipients(session, [a.id for a in alerts if a.id])
@@ -277,10 +289,13 @@ class Producer:
         )
         return (await session.execute(statement)).scalars().first()
 
-    async def _claim_alerts(self, session: AsyncSession) -> list[Alert]:
+    async def _claim_alerts(
+        self, session: AsyncSession, only: Sequence[int] | None = None
+    ) -> list[Alert]:
         statement = (
             select(Alert)
             .where(col(Alert.processed_at).is_(None))
+            .where(col(Alert.id).in_(only) if only is not None else true())
             .order_by(col(Alert.id))
             .limit(self._batch_size)
             # A second producer skips the alerts this one holds instead of waiting or doubling.
