@@ -38,6 +38,7 @@ RELAY = "wecom-robot-relay"
 # Documented in the compose header and docs/operations.md; a port added here must bind
 # 127.0.0.1 too (test_host_ports_bind_loopback_only).
 PUBLISHED = {
+    "api": ["127.0.0.1:8080:8080"],
     "mailpit": ["127.0.0.1:8025:8025"],
     "prometheus": ["127.0.0.1:9091:9090"],
     "alertmanager": ["127.0.0.1:9093:9093"],
@@ -238,11 +239,13 @@ def test_metrics_ports_match_metrics_port(compose: dict[str, Any]) -> None:
         if port is None or name == "migrate":
             continue
         served += 1
-        assert [str(p) for p in service.get("expose", [])] == [port], name
+        api = [env["API_PORT"]] if "API_PORT" in env else []
+        assert [str(p) for p in service.get("expose", [])] == [*api, port], name
         # Prometheus scrapes on the compose network, so inside it /metrics listens on every
         # interface (Tocsin's default is loopback); on the host it is not published.
         assert env.get("METRICS_ADDR") == "0.0.0.0", name
-        assert "ports" not in service, f"{name} publishes {service['ports']}"
+        published = [str(p) for p in service.get("ports", [])]
+        assert not any(f":{port}" in p for p in published), f"{name} publishes /metrics"
     assert served >= 2
     assert f"EXPOSE {compose['x-tocsin-env']['METRICS_PORT']}" in (ROOT / "Dockerfile").read_text()
 
@@ -383,7 +386,11 @@ def test_prometheus_scrapes_the_tocsin_processes(compose: dict[str, Any]) -> Non
     )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     port = compose["x-tocsin-env"]["METRICS_PORT"]
-    for job_name, command in (("tocsin-producer", "producer"), ("tocsin-worker", "worker")):
+    for job_name, command in (
+        ("tocsin-producer", "producer"),
+        ("tocsin-worker", "worker"),
+        ("tocsin-api", "api"),
+    ):
         (discovery,) = jobs[job_name]["dns_sd_configs"]
         (service,) = discovery["names"]
         assert _command_path(services[service]["command"]) == [command], job_name
@@ -507,3 +514,15 @@ def test_alertmanager_receiver_posts_to_the_relay(compose: dict[str, Any]) -> No
     assert _environment(alertmanager)[placeholder] == relay_token
     token = INTERPOLATION.fullmatch(relay_token)
     assert token and token["name"] == "WECOM_RELAY_TOKEN" and token["op"] == ":?"
+
+
+def test_the_api_service_listens_inside_and_is_checked_for_readiness(
+    compose: dict[str, Any],
+) -> None:
+    api = compose["services"]["api"]
+    env = _environment(api)
+    assert env["API_ADDR"] == "0.0.0.0"  # the container's interfaces; published on loopback
+    settings = Settings(_env_file=None, api_port=int(env["API_PORT"]))
+    assert api["ports"] == [f"127.0.0.1:{settings.api_port}:{settings.api_port}"]
+    probe = " ".join(api["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{settings.api_port}/readyz" in probe

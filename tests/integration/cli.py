@@ -43,7 +43,7 @@ def _setting_env_names() -> set[str]:
 
 
 def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """Returns os.environ minus Tocsin settings, plus a SQLite file in tmp_path and no /metrics."""
+    """Returns os.environ minus Tocsin settings, plus a SQLite file in tmp_path, no listeners."""
     env = {k: v for k, v in os.environ.items() if k.upper() not in _setting_env_names()}
     for noisy in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "PYTHONWARNINGS"):
         env.pop(noisy, None)
@@ -52,6 +52,7 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
             "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/t.db",
             "QUEUE_URL": "memory://",
             "METRICS_PORT": "-1",
+            "API_PORT": "-1",
             "RETRY_JITTER": "0",
             "NO_COLOR": "1",
             "PYTHONUNBUFFERED": "1",

@@ -39,8 +39,9 @@ def test_listening_sockets_sees_each_address_a_process_binds() -> None:
 
 
 async def test_tocsin_run_listens_on_loopback_only_by_default(tmp_path: Path) -> None:
-    # base_env drops every Tocsin variable from the environment: METRICS_ADDR keeps its default.
-    env = base_env(tmp_path, METRICS_PORT="0", LOG_FORMAT="json")
+    # base_env drops every Tocsin variable from the environment: METRICS_ADDR and API_ADDR
+    # keep their defaults; only the ports are free ones.
+    env = base_env(tmp_path, METRICS_PORT="0", API_PORT="0", LOG_FORMAT="json")
     (await tocsin("db", "upgrade", env=env, cwd=tmp_path, timeout=START_TIMEOUT)).ok()
     server = await Server.start("run", env=env, cwd=tmp_path)
     try:
@@ -48,7 +49,10 @@ async def test_tocsin_run_listens_on_loopback_only_by_default(tmp_path: Path) ->
         async def up() -> bool:
             assert server.running, f"tocsin run exited early:\n{server.stderr[-3000:]}"
             # Serving /metrics, and done with the start-up producer pass: everything is up.
-            return '"metrics_serving"' in server.stderr and '"job_run_success"' in server.stderr
+            return all(
+                f'"{event}"' in server.stderr
+                for event in ("metrics_serving", "api_serving", "job_run_success")
+            )
 
         await eventually(up, timeout=START_TIMEOUT, interval=0.5)
         listeners = listening_sockets(server.process.pid)
@@ -59,5 +63,7 @@ async def test_tocsin_run_listens_on_loopback_only_by_default(tmp_path: Path) ->
     (metrics_line,) = [line for line in server.lines if '"metrics_serving"' in line]
     assert listeners, f"no listening socket found, not even /metrics: {metrics_line}"
     assert any(f":{listener.port}" in metrics_line for listener in listeners), metrics_line
+    (api_line,) = [line for line in server.lines if '"api_serving"' in line]
+    assert any(f":{listener.port}" in api_line for listener in listeners), api_line
     exposed = [str(listener) for listener in listeners if not listener.loopback]
     assert not exposed, f"tocsin run listens beyond loopback on {exposed}"
