@@ -24,5 +24,6 @@ RUN useradd --create-home --uid 10001 tocsin
 USER tocsin
 WORKDIR /home/tocsin
 
-EXPOSE 8080 9464
+EXPOSE 9464
+EXPOSE 8080
 CMD ["tocsin", "run"]
