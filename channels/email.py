@@ -6,20 +6,27 @@ import asyncio
 import html
 import re
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from email.charset import QP, Charset
-from email.header import Header
-from email.mime.multipart import MIMEMultipart
-from email.mime.nonmultipart import MIMENonMultipart
-from email.policy import compat32
-from email.utils import format_datetime, formataddr, parseaddr
-from typing import ClassVar
+from email.headerregistry import Address, BaseHeader
+from email.message import EmailMessage
+from functools import lru_cache
+from typing import TYPE_CHECKING, ClassVar
 
 import aiosmtplib
 
 from channels.base import Channel, ChannelContext, ChannelUnavailable, Contacts, Delivery
+from channels.email_headers import (
+    WIRE,
+    WIRE_UTF8,
+    AddressError,
+    HeaderBroken,
+    header_text,
+    recipient_address,
+    sender_mailbox,
+)
 from channels.errors import (
     DeliveryError,
     PermanentError,
@@ -29,29 +36,22 @@ from channels.errors import (
 )
 from pipeline.clock import Clock
 from pipeline.config import EmailSecurity, Settings
+from pipeline.installation import installation_id
 from pipeline.redact import Redactor
+
+if TYPE_CHECKING:
+    from pipeline.db import SessionFactory
 
 _DETAIL_MAX = 300
 _FALLBACK_DOMAIN = "tocsin.local"
 _DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
-# The message is built with the compat32 classes and serialised once, in render(), and
-# send() hands those bytes to sendmail: the EmailMessage API cost ~10x more per message.
-# Bodies travel 7-bit in lines of at most 78 characters, so any SMTP server accepts them.
-_WIRE = compat32.clone(linesep="\r\n")
-_LINE_MAX = 78
-# Body charsets: short-lined printable ASCII as it is (7bit), else quoted-printable or base64.
-_PLAIN = Charset("us-ascii")
-_QUOTED = Charset("utf-8")
-_QUOTED.body_encoding = QP
-_BASE64 = Charset("utf-8")
-# Quoted-printable and base64 never contain "=_", so only a plain body can collide with it.
-_BOUNDARY = "=_tocsin_alternative_=_"
-_PLAIN_TEXT = re.compile(r"[\t\n\x20-\x7e]*")
-_PLAIN_HEADER = re.compile(r"[\t\x20-\x7e]*")
-_LINE_END = re.compile(r"\r\n?|\n")
-# Envelope options for a non-ASCII address (RFC 6531); the header then carries it as UTF-8.
 _SMTPUTF8 = ("SMTPUTF8", "BODY=8BITMIME")
+_LINE_MAX = 78
+# 7bit only for printable ASCII: NUL and the other controls are not 7bit data (RFC 2045 2.7).
+_PLAIN_TEXT = re.compile(r"[\t\n\x20-\x7e]*")
+# Quoted-printable and base64 never contain "=_", so only a 7bit body could collide with it,
+# and a body that holds it is sent quoted-printable.
+_BOUNDARY = "=_tocsin_alternative_=_"
 
 # Exceptions without an SMTP reply code, most specific first (SMTPConnectTimeoutError is
 # also a TimeoutError, ssl.SSLError also an OSError, SMTPServerDisconnected also an OSError).
@@ -78,25 +78,23 @@ class EmailPayload:
     mail_options: tuple[str, ...] = ()
 
 
-def one_line(text: str) -> str:
-    """Returns text with every line break replaced by a space, so it cannot inject headers."""
-    return " ".join(text.splitlines())
-
-
 def message_id_domain(from_address: str) -> str:
     """Returns the domain of the From address, or tocsin.local when it has none usable."""
-    _, address = parseaddr(from_address)
-    domain = address.rpartition("@")[2]
-    return domain if "@" in address and _DOMAIN.match(domain) else _FALLBACK_DOMAIN
+    try:
+        domain = sender_mailbox(from_address).domain
+    except AddressError:
+        return _FALLBACK_DOMAIN
+    return domain if _DOMAIN.match(domain) else _FALLBACK_DOMAIN
 
 
-def message_id(notification_id: int, from_address: str) -> str:
-    """Returns the deterministic Message-ID of a notification, so a resend is recognisable."""
-    return _message_id(notification_id, message_id_domain(from_address))
+def message_id(notification_id: int, installation: str, from_address: str) -> str:
+    """Returns the Message-ID of a notification: the same on a resend, unique per installation."""
+    return _message_id(notification_id, installation, message_id_domain(from_address))
 
 
-def _message_id(notification_id: int, domain: str) -> str:
-    return f"<tocsin.{notification_id}@{domain}>"
+def _message_id(notification_id: int, installation: str, domain: str) -> str:
+    # The installation's UUID as 32 hex digits keeps the header within 78 characters.
+    return f"<tocsin.{notification_id}.{uuid.UUID(installation).hex}@{domain}>"
 
 
 def classify_smtp_exception(exc: BaseException, redact: Callable[[str], str]) -> DeliveryError:
@@ -181,14 +179,19 @@ class EmailChannel(Channel):
         Reason.TLS_ERROR,
         Reason.NO_CONTACT,
         Reason.INVALID_ADDRESS,
+        Reason.RENDER_ERROR,
     )
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    def __init__(self, settings: Settings, clock: Clock, sessions: SessionFactory) -> None:
         self._settings = settings
         self._clock = clock
-        self._sender = parseaddr(settings.email_from)[1] or settings.email_from
-        self._from = _from_header(settings.email_from)
+        self._sessions = sessions
+        try:
+            self._from: _Mailbox | None = _mailbox("From", sender_mailbox(settings.email_from))
+        except AddressError:
+            self._from = None  # refused at render, so the reason is recorded per notification
         self._domain = message_id_domain(settings.email_from)
+        self._installation: str | None = None
         self._redact = Redactor([settings.email_password.get_secret_value()])
         self._pool = SmtpPool(self._new_client, settings.email_pool_size)
 
@@ -196,29 +199,41 @@ class EmailChannel(Channel):
     def from_settings(cls, settings: Settings, context: ChannelContext) -> EmailChannel:
         if not settings.email_enabled or not settings.email_smtp_server:
             raise ChannelUnavailable("set EMAIL_ENABLED=true and EMAIL_SMTP_SERVER")
-        return cls(settings, context.clock)
+        return cls(settings, context.clock, context.session_factory)
 
     @classmethod
     def reachable(cls, contacts: Contacts) -> bool:
         return contacts.email is not None
 
+    async def start(self) -> None:
+        """Loads this installation's id, which every Message-ID carries."""
+        if self._installation is None:
+            self._installation = await installation_id(self._sessions, self._clock.now())
+
     def render(self, delivery: Delivery) -> EmailPayload:
+        msg_id = self._message_id(delivery.notification_id)
+        sender = self._sender()
         recipient = _recipient(delivery)
-        message = MIMEMultipart("alternative", boundary=_BOUNDARY)
-        message["From"] = self._from
-        message["To"] = recipient if recipient.isascii() else _raw_utf8(recipient)
-        message["Subject"] = _text_header(
-            one_line(f"[{delivery.severity.upper()}] {delivery.title}"), "Subject"
-        )
-        message["Message-ID"] = _message_id(delivery.notification_id, self._domain)
-        message["Date"] = format_datetime(self._clock.now())
-        message.attach(_text_part(_text_body(delivery), "plain"))
-        message.attach(_text_part(_html_body(delivery), "html"))
-        utf8 = not (self._sender + recipient).isascii()
+        utf8 = not (sender.addr_spec + recipient.addr_spec).isascii()
+        message = EmailMessage(policy=WIRE_UTF8 if utf8 else WIRE)
+        message["From"] = sender.header
+        message["To"] = recipient.header
+        message["Subject"] = header_text(f"[{delivery.severity.upper()}] {delivery.title}")
+        message["Message-ID"] = msg_id
+        message["Date"] = self._clock.now()
+        text, markup = _text_body(delivery), _html_body(delivery)
+        message.set_content(text, cte=_transfer_encoding(text))
+        # A fixed boundary: the generator would otherwise draw and regex-check a random one.
+        message.make_alternative(boundary=_BOUNDARY)
+        message.add_alternative(markup, subtype="html", cte=_transfer_encoding(markup))
+        try:
+            data = bytes(message)
+        except HeaderBroken as exc:
+            raise PermanentError(Reason.RENDER_ERROR, f"the {exc} header would break") from None
         return EmailPayload(
-            data=message.as_bytes(policy=_WIRE),
-            sender=self._sender,
-            recipient=recipient,
+            data=data,
+            sender=sender.addr_spec,
+            recipient=recipient.addr_spec,
             mail_options=_SMTPUTF8 if utf8 else (),
         )
 
@@ -254,6 +269,21 @@ class EmailChannel(Channel):
             payload.sender, [payload.recipient], payload.data, mail_options=payload.mail_options
         )
 
+    def _message_id(self, notification_id: int) -> str:
+        if self._installation is None:
+            raise RuntimeError(
+                "EmailChannel.render() before `await channel.start()`: "
+                "the Message-ID needs this installation's id"
+            )
+        return _message_id(notification_id, self._installation, self._domain)
+
+    def _sender(self) -> _Mailbox:
+        if self._from is None:
+            raise PermanentError(
+                Reason.INVALID_ADDRESS, "EMAIL_FROM is not one address (Name <user@host>)"
+            )
+        return self._from
+
     def _new_client(self) -> aiosmtplib.SMTP:
         settings = self._settings
         security = settings.email_security
@@ -268,64 +298,47 @@ class EmailChannel(Channel):
         )
 
 
-def _recipient(delivery: Delivery) -> str:
+@dataclass(frozen=True)
+class _Mailbox:
+    """An address checked once, and its header value parsed once, ready for every message."""
+
+    addr_spec: str
+    header: BaseHeader
+
+
+def _mailbox(name: str, address: Address) -> _Mailbox:
+    return _Mailbox(address.addr_spec, WIRE.header_factory(name, address))
+
+
+@lru_cache(maxsize=4096)
+def _to(email: str) -> _Mailbox:
+    # Cached: parsing an address header costs about as much as the rest of a render.
+    return _mailbox("To", recipient_address(email))
+
+
+def _recipient(delivery: Delivery) -> _Mailbox:
     if delivery.email is None:
         raise PermanentError(Reason.NO_CONTACT, f"recipient {delivery.recipient_id} has no email")
-    _, address = parseaddr(delivery.email)
-    if "@" not in address or one_line(delivery.email) != delivery.email:
+    try:
+        return _to(delivery.email)
+    except AddressError:
         raise PermanentError(
             Reason.INVALID_ADDRESS, f"recipient {delivery.recipient_id} has an invalid email"
-        )
-    return address
+        ) from None
 
 
-def _raw_utf8(text: str) -> str:
-    """Returns text as surrogate escapes, which the compat32 generator writes as raw UTF-8."""
-    return text.encode("utf-8").decode("ascii", "surrogateescape")
-
-
-def _text_header(text: str, name: str) -> str:
-    """Returns a one-line header value, as RFC 2047 encoded words unless it is printable ASCII."""
-    if _PLAIN_HEADER.fullmatch(text):
-        return text
-    return Header(text, "utf-8", header_name=name).encode()
-
-
-def _from_header(from_setting: str) -> str:
-    """Returns the From header for EMAIL_FROM, its display name encoded when not ASCII."""
-    value = one_line(from_setting)
-    name, address = parseaddr(value)
-    if not address.isascii():
-        return _raw_utf8(value)  # sent with SMTPUTF8, where headers are UTF-8 (RFC 6532)
-    if not name or not address:
-        return _text_header(value, "From")
-    if name.isascii():
-        return formataddr((name, address))
-    mailbox = Header(name, "utf-8", header_name="From")
-    mailbox.append(f" <{address}>", "us-ascii")
-    return mailbox.encode()
-
-
-def _text_part(text: str, subtype: str) -> MIMENonMultipart:
-    """Returns a text part whose transfer encoding keeps every line 7-bit and short for SMTP."""
-    part = MIMENonMultipart("text", subtype)
+def _transfer_encoding(text: str) -> str:
+    """Returns a transfer encoding that keeps every body line 7-bit and short for SMTP."""
     if (
         _PLAIN_TEXT.fullmatch(text)
         and _BOUNDARY not in text
         and max(map(len, text.split("\n"))) <= _LINE_MAX
     ):
-        part.set_payload(text, _PLAIN)
-        return part
-    size = len(text.encode("utf-8"))
+        return "7bit"
+    size = len(text.encode("utf-8", "surrogatepass"))
     non_ascii = size - len(text.encode("ascii", "ignore"))
     # Quoted-printable triples each non-ASCII byte, base64 grows everything by a third.
-    if non_ascii * 6 <= size:
-        part.set_payload(text, _QUOTED)
-    else:
-        # Canonical text (RFC 2045): line breaks are CRLF inside the base64, just as
-        # quoted-printable line breaks decode to CRLF.
-        part.set_payload(_LINE_END.sub("\r\n", text), _BASE64)
-    return part
+    return "quoted-printable" if non_ascii * 6 <= size else "base64"
 
 
 def _text_body(delivery: Delivery) -> str:

@@ -93,6 +93,8 @@ class Worker:
         self._config = config
         self._stopping = asyncio.Event()
         self._sends = {name: asyncio.Semaphore(config.concurrency) for name in channels}
+        self._starting = {name: asyncio.Lock() for name in channels}
+        self._started: set[str] = set()
         self.delivered = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -199,7 +201,7 @@ class Worker:
         """
         token, lease = new_token(), self._config.send_lease
         claimed = await self._persistently(
-            channel, "claim", lambda: claim(self._sessions, ids, self._clock.now(), lease, token)
+            channel, "claim", lambda: self._claim(channel, ids, lease, token)
         )
         results = await self._send_all(channel, claimed)
         recorded = await self._persistently(
@@ -212,6 +214,21 @@ class Worker:
         report(recorded, self._metrics, self._clock.now())
         self.delivered += len(recorded)
         return claimed
+
+    async def _claim(self, channel: str, ids: Sequence[int], lease: timedelta, token: str) -> Claim:
+        await self._start(channel)
+        return await claim(self._sessions, ids, self._clock.now(), lease, token)
+
+    async def _start(self, channel: str) -> None:
+        # Here rather than in run(): run, run_until_idle and the relay's inline fallback all
+        # come through deliver(), and a database that is down at start-up is retried with the
+        # claim. The lock makes concurrent first batches wait for one start.
+        if channel in self._started:
+            return
+        async with self._starting[channel]:
+            if channel not in self._started:
+                await self._channels[channel].start()
+                self._started.add(channel)
 
     async def _persistently(self, channel: str, stage: str, run: Callable[[], Awaitable[T]]) -> T:
         failures = 0

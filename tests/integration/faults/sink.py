@@ -15,8 +15,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.support.smtp_server import SmtpSink, _CountingSMTP, _Handler
 
-# The deterministic Message-ID the e-mail channel gives each notification.
-MESSAGE_ID = re.compile(rb"^Message-ID:\s*<tocsin\.(\d+)@[^>]+>", re.IGNORECASE | re.MULTILINE)
+# The deterministic Message-ID the e-mail channel gives each notification (id, installation).
+MESSAGE_ID = re.compile(
+    rb"^Message-ID:\s*<tocsin\.(\d+)\.[0-9a-f]{32}@[^>]+>", re.IGNORECASE | re.MULTILINE
+)
 
 
 class _FastHandler(_Handler):
