@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -83,8 +84,15 @@ class App:
             self.settings.dedup_window,
         )
 
-    async def ingest(self, alerts: Sequence[tuple[AlertInput, str | None]]) -> list[Ingested]:
+    async def ingest(
+        self,
+        alerts: Sequence[tuple[AlertInput, str | None]],
+        *,
+        key_retention: timedelta | None = None,
+    ) -> list[Ingested]:
         """Stores alerts (each with an optional key naming it) and expands the new ones now.
+
+        A key names its alert for key_retention (default IDEMPOTENCY_RETENTION).
 
         Whatever the door (API, Alertmanager, CLI), an alert is durable when this returns and
         its notifications exist, so a critical alert goes out within seconds, not at the next
@@ -97,7 +105,7 @@ class App:
                 data,
                 max_recipients=self.settings.max_recipients_per_alert,
                 key=key,
-                key_retention=self.settings.idempotency_retention,
+                key_retention=key_retention or self.settings.idempotency_retention,
             )
             for data, key in alerts
         ]

@@ -103,6 +103,18 @@ class Settings(BaseSettings):
     idempotency_retention: timedelta = Field(
         timedelta(hours=24), validation_alias=_env("IDEMPOTENCY_RETENTION")
     )
+    # Alertmanager ingest: the label whose value names recipients (comma-separated usernames)
+    # and the label naming a recipient group; empty turns that way of addressing off.
+    alertmanager_recipients_label: str = Field(
+        "recipients",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+        validation_alias=_env("ALERTMANAGER_RECIPIENTS_LABEL"),
+    )
+    alertmanager_group_label: str = Field(
+        "team",
+        pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$",
+        validation_alias=_env("ALERTMANAGER_GROUP_LABEL"),
+    )
 
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"))
     log_format: str = Field("json", pattern="^(json|console)$", validation_alias=_env("LOG_FORMAT"))

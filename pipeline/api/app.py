@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from pipeline.api import health, problems
+from pipeline.api import alertmanager, groups, health, problems
 from pipeline.api.limits import BodyLimits
 from pipeline.app import App
 
@@ -41,4 +41,7 @@ def create_api(app: App) -> FastAPI:
 
 def _routers() -> list[APIRouter]:
     """The versioned routers; each module owns one resource."""
-    return []
+    return [
+        groups.router,
+        alertmanager.router,
+    ]

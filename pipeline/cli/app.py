@@ -16,6 +16,7 @@ from pipeline.app import App, secrets_of
 from pipeline.cli.context import friendly_errors, load_settings, run_async
 from pipeline.cli.deliveries import audit, dlq, inbox, notifications
 from pipeline.cli.directory import alerts, users
+from pipeline.cli.groups import groups
 from pipeline.cli.jobs import jobs, metrics
 from pipeline.cli.output import emit, fail, stderr, stdout
 from pipeline.cli.tokens import tokens
@@ -41,6 +42,7 @@ db = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db, name="db")
 app.add_typer(users, name="users", no_args_is_help=True)
 app.add_typer(alerts, name="alerts", no_args_is_help=True)
+app.add_typer(groups, name="groups", no_args_is_help=True)
 app.add_typer(notifications, name="notifications", no_args_is_help=True)
 app.add_typer(dlq, name="dlq", no_args_is_help=True)
 app.command("inbox")(inbox)
