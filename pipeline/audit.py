@@ -63,10 +63,14 @@ def add_record(
     )
 
 
-async def list_records(sessions: SessionFactory, limit: int | None = 100) -> list[AuditView]:
-    """Returns the newest audit records first."""
+async def list_records(
+    sessions: SessionFactory, limit: int | None = 100, *, before: int | None = None
+) -> list[AuditView]:
+    """Returns the newest audit records first (only those with an id below before, if given)."""
+    statement = select(AuditRecord).order_by(col(AuditRecord.id).desc()).limit(limit)
+    if before is not None:
+        statement = statement.where(col(AuditRecord.id) < before)
     async with sessions() as session:
-        statement = select(AuditRecord).order_by(col(AuditRecord.id).desc()).limit(limit)
         return [_view(record) for record in (await session.execute(statement)).scalars()]
 
 

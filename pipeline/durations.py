@@ -7,6 +7,7 @@ from datetime import timedelta
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min))?\s*", re.IGNORECASE)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -16,6 +17,15 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"invalid duration {text!r}: use a number with s, m, h or d (e.g. 5m)")
     value, unit = match.groups()
     return timedelta(seconds=float(value) * _UNITS[unit or "s"])
+
+
+def parse_rate(text: str) -> float:
+    """Returns events per second from "5/s", "300/m" or "5"; raises ValueError otherwise."""
+    match = _RATE.fullmatch(text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"rate must be a positive rate such as 5/s or 300/m, not {text!r}")
+    per = 60 if (match.group(2) or "s").lower().startswith("m") else 1
+    return float(match.group(1)) / per
 
 
 def parse_schedule(text: str) -> tuple[timedelta, ...]:

@@ -6,7 +6,7 @@ import importlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -89,6 +89,53 @@ def problems(spec: JobSpec) -> list[str]:
     except ValueError as exc:
         found.append(f"cron {spec.cron!r} is invalid: {exc}")
     return found
+
+
+def next_run(cron: str, now: datetime) -> datetime | None:
+    """Returns when a cron expression (UTC) next fires after now, or None if it is invalid."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        trigger = CronTrigger.from_crontab(cron, timezone=UTC)
+    except ValueError:
+        return None
+    fire: datetime | None = trigger.get_next_fire_time(None, now)
+    return fire
+
+
+async def job_listing(
+    settings: Settings, sessions: SessionFactory, now: datetime
+) -> list[dict[str, object]]:
+    """Returns every declared job with its next run and last success (`tocsin jobs list`)."""
+    return [
+        {
+            **spec.__dict__,
+            "next_run": next_run(spec.cron, now) if spec.enabled else None,
+            "last_success": await last_success(sessions, spec.id),
+        }
+        for spec in declared_jobs(settings)
+    ]
+
+
+def job_checks(settings: Settings, registered: set[str], now: datetime) -> dict[str, Any]:
+    """Checks every enabled job: importable, callable, valid cron, among registered (the ids a
+    scheduler registers); returns {"ok": bool, "jobs": [...]} (`tocsin jobs check`).
+    """
+    report = []
+    for spec in declared_jobs(settings):
+        found = problems(spec) if spec.enabled else []
+        if spec.enabled and spec.id not in registered:
+            found.append("not registered with the scheduler")
+        report.append(
+            {
+                "id": spec.id,
+                "enabled": spec.enabled,
+                "ok": not found,
+                "problems": found,
+                "next_run": next_run(spec.cron, now) if spec.enabled else None,
+            }
+        )
+    return {"ok": all(row["ok"] for row in report), "jobs": report}
 
 
 async def last_success(sessions: SessionFactory, job_id: str) -> datetime | None:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlmodel import col
 
+from channels.errors import Reason
 from pipeline.db import SessionFactory
-from pipeline.models import DeliveryAttempt, Notification, Recipient
+from pipeline.durations import parse_duration
+from pipeline.models import DeliveryAttempt, Notification, Recipient, State
+from pipeline.validation import InputError
+
+REASONS = frozenset(reason.value for reason in Reason)
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,8 @@ class NotificationFilter:
     since: datetime | None = None
     ids: tuple[int, ...] = ()
     limit: int | None = 100
+    # Only ids above this one (the cursor of a paged listing).
+    after: int | None = None
 
     def apply(self, statement: Select[Notification, str]) -> Select[Notification, str]:
         """Adds this filter's conditions to a select over notifications."""
@@ -40,7 +49,50 @@ class NotificationFilter:
             conditions.append(col(Notification.updated_at) >= self.since)
         if self.ids:
             conditions.append(col(Notification.id).in_(self.ids))
+        if self.after is not None:
+            conditions.append(col(Notification.id) > self.after)
         return statement.where(*conditions) if conditions else statement
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """Returns the time in text: an ISO time (UTC if it names no zone) or an age such as 2h."""
+    with suppress(ValueError):
+        moment = datetime.fromisoformat(text)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        raise InputError(
+            f"since must be an ISO time (2026-11-23T08:00+00:00) or an age (2h), not {text!r}"
+        ) from None
+
+
+def notification_filter(
+    channels: Collection[str],
+    now: datetime,
+    *,
+    states: Collection[str] = (),
+    channel: str | None = None,
+    reason: str | None = None,
+    alert_id: int | None = None,
+    since: str | None = None,
+    limit: int | None = 100,
+    after: int | None = None,
+) -> NotificationFilter:
+    """Returns the filter for these criteria, or raises InputError naming the bad one.
+
+    channels are the known channel names; states may be in any case.
+    """
+    wanted = tuple(state.upper() for state in states)
+    bad = [state for state in wanted if state not in State.__members__]
+    if bad:
+        raise InputError(f"unknown status {bad[0]!r}: choose from {', '.join(State.__members__)}")
+    if channel is not None and channel not in channels:
+        raise InputError(f"unknown channel {channel!r}: choose from {', '.join(channels)}")
+    if reason is not None and reason not in REASONS:
+        raise InputError(f"unknown reason {reason!r}: see docs/operations.md for the list")
+    moment = parse_since(since, now) if since else None
+    return NotificationFilter(wanted, channel, reason, alert_id, moment, (), limit, after)
 
 
 @dataclass(frozen=True)

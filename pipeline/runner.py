@@ -175,6 +175,11 @@ def _telemetered(
     return run
 
 
+async def run_job_now(app: App, spec: JobSpec) -> Any:
+    """Runs a declared job at once, with the telemetry of a scheduled run (log, metrics, row)."""
+    return await _telemetered(app, spec, _job_runners(app)[spec.id])()
+
+
 async def _connect_queue(app: App) -> None:
     # A broker that is down must not keep the processes from starting: the relay keeps rows in
     # the database (or delivers inline), the worker retries, and both connect once it is back.

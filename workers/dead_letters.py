@@ -21,6 +21,9 @@ from pipeline.notifications import NotificationFilter, NotificationView, list_no
 from pipeline.sql import id_channel_pairs
 from pipeline.validation import InputError
 
+# How fast a replay releases rows unless told otherwise, so a recovered provider is not flooded.
+DEFAULT_RATE = "10/s"
+
 
 @dataclass(frozen=True)
 class ReplayReport:

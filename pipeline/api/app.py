@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from pipeline.api import alertmanager, groups, health, problems
+from pipeline.api import (
+    alertmanager,
+    groups,
+    health,
+    operations,
+    problems,
+    scheduler,
+    seed_settings,
+    users,
+)
 from pipeline.api.limits import BodyLimits
 from pipeline.app import App
 
@@ -32,6 +41,11 @@ def create_api(app: App) -> FastAPI:
         BodyLimits,
         max_bytes=app.settings.api_max_body_bytes,
         timeout=app.settings.api_body_timeout.total_seconds(),
+        overrides={
+            ("PUT", "/api/v1/users"): max(
+                users.BULK_MAX_BODY_BYTES, app.settings.api_max_body_bytes
+            ),
+        },
     )
     api.include_router(health.router)
     for router in _routers():
@@ -44,4 +58,9 @@ def _routers() -> list[APIRouter]:
     return [
         groups.router,
         alertmanager.router,
+        users.router,
+        # Before operations: /notifications/settings is not /notifications/{id}.
+        seed_settings.router,
+        operations.router,
+        scheduler.router,
     ]

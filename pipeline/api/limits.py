@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,18 +15,25 @@ from pipeline.api.problems import MEDIA_TYPE
 class BodyLimits:
     """ASGI middleware: 413 past max_bytes, 408 when a body chunk takes longer than timeout."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout: float,
+        overrides: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _refuse(send, 413, f"the body is larger than {self.max_bytes} bytes")
+        max_bytes = self.overrides.get((scope["method"], scope["path"]), self.max_bytes)
+        if _declared_over(scope, max_bytes):
+            await _refuse(send, 413, f"the body is larger than {max_bytes} bytes")
             return
         received = 0
         started = False
@@ -38,8 +46,8 @@ class BodyLimits:
                 raise _Refused(408, f"the body did not arrive within {self.timeout:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _Refused(413, f"the body is larger than {self.max_bytes} bytes")
+                if received > max_bytes:
+                    raise _Refused(413, f"the body is larger than {max_bytes} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -52,6 +60,12 @@ class BodyLimits:
         except _Refused as refused:
             if not started:
                 await _refuse(send, refused.status, refused.detail)
+
+
+def _declared_over(scope: Scope, max_bytes: int) -> bool:
+    """True when the Content-Length header is malformed or above max_bytes."""
+    declared = dict(scope.get("headers") or []).get(b"content-length")
+    return declared is not None and (not declared.isdigit() or int(declared) > max_bytes)
 
 
 class _Refused(HTTPException):

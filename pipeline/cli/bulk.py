@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,8 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from pipeline.cli.output import fail, stderr
-
-_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min))?\s*", re.IGNORECASE)
+from pipeline.durations import parse_rate as rate_per_second
 
 
 def interactive() -> bool:
@@ -50,12 +48,11 @@ def confirm(verb: str, summary: Callable[[], str | None], *, unbounded: bool) ->
 
 def parse_rate(text: str) -> float:
     """Returns rows per second from "5/s", "300/m" or "5"; fails with one line otherwise."""
-    match = _RATE.fullmatch(text)
-    value = float(match.group(1)) if match else 0.0
-    if match is None or value <= 0:
-        fail(f"--rate must be a positive rate such as 5/s or 300/m, not {text!r}")
-    unit = (match.group(2) or "s").lower() if match else "s"
-    return value / 60 if unit.startswith("m") else value
+    try:
+        return rate_per_second(text)
+    except ValueError as exc:
+        fail(f"--{exc}")
+        raise
 
 
 @contextmanager

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import json
-from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
-from channels.errors import Reason as FailureReason
 from channels.registry import CHANNEL_NAMES
 from pipeline.app import App
 from pipeline.audit import Audit, AuditView, list_records, os_actor
 from pipeline.cli.bulk import confirm, parse_rate, progress, require_selection
 from pipeline.cli.context import not_none, run_async
 from pipeline.cli.output import check_ids, emit, fail, stdout
-from pipeline.durations import parse_duration
 from pipeline.inbox import mark_read, read_inbox
 from pipeline.models import State
-from pipeline.notifications import NotificationFilter, get_notification, list_notifications
-from workers.dead_letters import ReplayReport, dead, purge, replay
+from pipeline.notifications import (
+    NotificationFilter,
+    get_notification,
+    list_notifications,
+    notification_filter,
+)
+from pipeline.validation import InputError
+from workers.dead_letters import DEFAULT_RATE, ReplayReport, dead, purge, replay
 
 notifications = typer.Typer(help="Notifications and where each one stands.")
 dlq = typer.Typer(help="Dead letters: inspect, replay with a fresh schedule, or purge.")
@@ -38,22 +41,7 @@ Since = Annotated[
     str | None, typer.Option(help="Only rows changed since: an ISO time or an age such as 2h.")
 ]
 Limit = Annotated[int, typer.Option(min=1, help="At most this many rows.")]
-REASONS = frozenset(r.value for r in FailureReason)
-DEFAULT_RATE = "10/s"
 COLUMNS = ("id", "alert_id", "recipient", "channel", "state", "attempts", "not_before", "reason")
-
-
-def _since(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    with suppress(ValueError):
-        moment = datetime.fromisoformat(text)
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    try:
-        return datetime.now(UTC) - parse_duration(text)
-    except ValueError:
-        fail(f"--since must be an ISO time (2026-11-23T08:00+00:00) or an age (2h), not {text!r}")
-        raise
 
 
 def _filter(
@@ -65,11 +53,25 @@ def _filter(
     states: tuple[str, ...] = (),
     ids: tuple[int, ...] = (),
 ) -> NotificationFilter:
-    if channel is not None and channel not in CHANNEL_NAMES:
-        fail(f"unknown channel {channel!r}: choose from {', '.join(CHANNEL_NAMES)}")
-    if reason is not None and reason not in REASONS:
-        fail(f"unknown reason {reason!r}: see docs/operations.md for the list")
-    return NotificationFilter(states, channel, reason, alert, _since(since), ids, limit)
+    try:
+        where = notification_filter(
+            CHANNEL_NAMES,
+            datetime.now(UTC),
+            states=states,
+            channel=channel,
+            reason=reason,
+            alert_id=alert,
+            since=since,
+            limit=limit,
+        )
+    except InputError as exc:  # the shared checks, worded for options
+        fail(_as_option(str(exc)))
+        raise
+    return replace(where, ids=ids)
+
+
+def _as_option(message: str) -> str:
+    return message if message.startswith("unknown") else f"--{message}"
 
 
 @notifications.command("list")
@@ -85,11 +87,7 @@ def notifications_list(
     as_json: Json = False,
 ) -> None:
     """Lists notifications with their state, attempts and next time."""
-    states = tuple(s.upper() for s in status or ())
-    bad = [s for s in states if s not in State.__members__]
-    if bad:
-        fail(f"unknown status {bad[0]!r}: choose from {', '.join(State.__members__)}")
-    where = _filter(channel, reason, alert, since, limit, states)
+    where = _filter(channel, reason, alert, since, limit, tuple(status or ()))
 
     async def work(app: App) -> object:
         return await list_notifications(app.sessions, where)

@@ -6,27 +6,17 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from apscheduler.triggers.cron import CronTrigger
 
 from channels.registry import CHANNEL_NAMES
 from pipeline.app import App
 from pipeline.cli.context import load_settings, run_async
 from pipeline.cli.output import emit, fail, stdout
 from pipeline.durations import parse_duration
-from pipeline.jobs import declared_jobs, last_success, problems
+from pipeline.jobs import job_checks, job_listing
 from pipeline.snapshot import Snapshot, snapshot
 
 jobs = typer.Typer(help="Scheduled jobs: what is declared, and whether it can run.")
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-
-
-def _next_run(cron: str) -> datetime | None:
-    try:
-        trigger = CronTrigger.from_crontab(cron, timezone=UTC)
-    except ValueError:
-        return None
-    fire: datetime | None = trigger.get_next_fire_time(None, datetime.now(UTC))
-    return fire
 
 
 @jobs.command("list")
@@ -35,14 +25,7 @@ def jobs_list(as_json: Json = False) -> None:
     settings = load_settings()
 
     async def work(app: App) -> list[dict[str, object]]:
-        return [
-            {
-                **spec.__dict__,
-                "next_run": _next_run(spec.cron) if spec.enabled else None,
-                "last_success": await last_success(app.sessions, spec.id),
-            }
-            for spec in declared_jobs(settings)
-        ]
+        return await job_listing(settings, app.sessions, datetime.now(UTC))
 
     emit(
         run_async(work, app_settings=settings),
@@ -58,32 +41,18 @@ def jobs_check(as_json: Json = False) -> None:
     from pipeline.runner import registered_job_ids
 
     settings = load_settings()
-    registered = registered_job_ids(settings)
-    report = []
-    for spec in declared_jobs(settings):
-        found = problems(spec) if spec.enabled else []
-        if spec.enabled and spec.id not in registered:
-            found.append("not registered with the scheduler")
-        report.append(
-            {
-                "id": spec.id,
-                "enabled": spec.enabled,
-                "ok": not found,
-                "problems": found,
-                "next_run": _next_run(spec.cron) if spec.enabled else None,
-            }
-        )
+    checked = job_checks(settings, registered_job_ids(settings), datetime.now(UTC))
     if as_json:
-        emit({"ok": all(r["ok"] for r in report), "jobs": report}, as_json=True)
+        emit(checked, as_json=True)
     else:
-        for row in report:
+        for row in checked["jobs"]:
             state = "ok" if row["ok"] else "FAILED"
             stdout.print(
                 f"{row['id']}: {state}" + ("" if row["enabled"] else " (disabled)"), highlight=False
             )
-            for problem in row["problems"]:  # type: ignore[attr-defined]
+            for problem in row["problems"]:
                 stdout.print(f"  - {problem}", highlight=False, markup=False)
-    if not all(r["ok"] for r in report):
+    if not checked["ok"]:
         raise typer.Exit(1)
 
 
