@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from sqlalchemy import text
+
 from channels.base import Channel, ChannelContext, Delivery
 from channels.errors import Reason
 from pipeline.batching import GroupCommit
 from pipeline.config import Settings
 from pipeline.models import InboxMessage
 from pipeline.sql import insert_ignoring_duplicates
+
+# Any constant shared by every writer ("inbox" in ASCII, recognisable in pg_locks).
+INBOX_ORDER_LOCK = text("SELECT pg_advisory_xact_lock(452823510904)")
 
 
 class SystemChannel(Channel):
@@ -45,4 +50,9 @@ class SystemChannel(Channel):
 
     async def _insert(self, payloads: Sequence[dict[str, object]]) -> None:
         async with self._context.session_factory() as session, session.begin():
+            if session.bind is not None and session.bind.dialect.name == "postgresql":
+                # Inbox ids must become visible in increasing order (readers resume "after id
+                # N", see pipeline/inbox.py). Held until commit, this lock makes a later writer
+                # draw its ids only once this one is visible; SQLite has one writer anyway.
+                await session.execute(INBOX_ORDER_LOCK)
             await session.execute(insert_ignoring_duplicates(session, InboxMessage), payloads)

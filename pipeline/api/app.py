@@ -8,6 +8,7 @@ from pipeline.api import (
     alertmanager,
     groups,
     health,
+    inbox,
     operations,
     problems,
     scheduler,
@@ -16,6 +17,7 @@ from pipeline.api import (
 )
 from pipeline.api.limits import BodyLimits
 from pipeline.app import App
+from pipeline.inbox_feed import InboxFeed
 
 DESCRIPTION = (
     "Alerts in (directly or from Alertmanager), the in-app inbox and operations out. Every "
@@ -36,6 +38,7 @@ def create_api(app: App) -> FastAPI:
         openapi_url="/openapi.json",
     )
     api.state.tocsin = app
+    api.state.inbox_feed = InboxFeed(app.sessions)  # one poll for every open inbox stream
     problems.install(api)
     api.add_middleware(
         BodyLimits,
@@ -53,12 +56,19 @@ def create_api(app: App) -> FastAPI:
     return api
 
 
+async def close_streams(api: FastAPI) -> None:
+    """Ends every open event stream, so a graceful shutdown does not wait on them."""
+    feed: InboxFeed = api.state.inbox_feed
+    await feed.close()
+
+
 def _routers() -> list[APIRouter]:
     """The versioned routers; each module owns one resource."""
     return [
         groups.router,
         alertmanager.router,
         users.router,
+        inbox.router,
         # Before operations: /notifications/settings is not /notifications/{id}.
         seed_settings.router,
         operations.router,

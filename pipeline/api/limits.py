@@ -13,7 +13,10 @@ from pipeline.api.problems import MEDIA_TYPE
 
 
 class BodyLimits:
-    """ASGI middleware: 413 past max_bytes, 408 when a body chunk takes longer than timeout."""
+    """ASGI middleware: 413 past max_bytes, 408 when a body chunk takes longer than timeout.
+
+    overrides maps (method, path) to its own bound, for the few bulk operations that need more.
+    """
 
     def __init__(
         self,
@@ -35,20 +38,8 @@ class BodyLimits:
         if _declared_over(scope, max_bytes):
             await _refuse(send, 413, f"the body is larger than {max_bytes} bytes")
             return
-        received = 0
+        body = _BoundedBody(receive, max_bytes, self.timeout)
         started = False
-
-        async def bounded_receive() -> Message:
-            nonlocal received
-            try:
-                message = await asyncio.wait_for(receive(), self.timeout)
-            except TimeoutError:
-                raise _Refused(408, f"the body did not arrive within {self.timeout:g} s") from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > max_bytes:
-                    raise _Refused(413, f"the body is larger than {max_bytes} bytes")
-            return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -56,10 +47,37 @@ class BodyLimits:
             await send(message)
 
         try:
-            await self.app(scope, bounded_receive, tracking_send)
+            await self.app(scope, body.receive, tracking_send)
         except _Refused as refused:
             if not started:
                 await _refuse(send, refused.status, refused.detail)
+
+
+class _BoundedBody:
+    """receive() that refuses a body past max_bytes or slower than timeout per chunk."""
+
+    def __init__(self, receive: Receive, max_bytes: int, timeout: float) -> None:
+        self._receive = receive
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._received = 0
+        self._done = False
+
+    async def receive(self) -> Message:
+        """Returns the client's next message, within the bounds while the body arrives."""
+        if self._done:
+            # Only the disconnect is left to come: a stream (SSE) waits for it unbounded.
+            return await self._receive()
+        try:
+            message = await asyncio.wait_for(self._receive(), self._timeout)
+        except TimeoutError:
+            raise _Refused(408, f"the body did not arrive within {self._timeout:g} s") from None
+        if message["type"] == "http.request":
+            self._done = not message.get("more_body", False)
+            self._received += len(message.get("body", b""))
+            if self._received > self._max_bytes:
+                raise _Refused(413, f"the body is larger than {self._max_bytes} bytes")
+        return message
 
 
 def _declared_over(scope: Scope, max_bytes: int) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import structlog
 import uvicorn
 
-from pipeline.api.app import create_api
+from pipeline.api.app import close_streams, create_api
 from pipeline.app import App
 
 log = structlog.get_logger("tocsin.api")
@@ -28,8 +28,9 @@ class ApiServer:
 
     def __init__(self, app: App) -> None:
         settings = app.settings
+        self._api = create_api(app)
         config = uvicorn.Config(
-            create_api(app),
+            self._api,
             host=settings.api_addr,
             port=settings.api_port,
             log_config=None,  # our logging: JSON lines, scrubbed
@@ -69,7 +70,9 @@ class ApiServer:
             ) from None
 
     async def stop(self) -> None:
-        """Stops taking connections and waits for requests in flight."""
+        """Stops taking connections and waits for requests in flight (streams end at once)."""
         self._server.should_exit = True
+        # Open event streams never finish by themselves; uvicorn would wait SHUTDOWN_GRACE.
+        await close_streams(self._api)
         if self._task is not None:
             await self._task
