@@ -24,6 +24,9 @@ from pipeline.validation import (
     validate_title,
 )
 
+# Longer would overflow the expiry time; no alert needs to notify for ten years.
+EXPIRES_IN_MAX = timedelta(days=3650)
+
 
 @dataclass(frozen=True)
 class AlertInput:
@@ -99,6 +102,13 @@ async def ingest_alert(
     raise InputError(f"alert key {key[:60]!r} is being used concurrently: try again")
 
 
+async def validate_alert(
+    sessions: SessionFactory, clock: Clock, data: AlertInput, *, max_recipients: int
+) -> None:
+    """Raises InputError if ingest_alert would refuse data (its recipients are looked up too)."""
+    await _prepare(sessions, clock, data, max_recipients)
+
+
 async def keyed_alert(sessions: SessionFactory, key: str, since: datetime) -> Alert | None:
     """Returns the alert that key names, if the key was made after since."""
     async with sessions() as session:
@@ -126,6 +136,8 @@ async def _prepare(
     dedup_key = validate_dedup_key(data.dedup_key) if data.dedup_key is not None else None
     if data.expires_in is not None and data.expires_in <= timedelta(0):
         raise InputError("--expires-in must be positive, e.g. 2h")
+    if data.expires_in is not None and data.expires_in > EXPIRES_IN_MAX:
+        raise InputError(f"--expires-in must be at most {EXPIRES_IN_MAX.days}d")
     if data.mention_all and severity is not Severity.CRITICAL:
         raise InputError("--mention-all is only allowed on critical alerts")
     ids = await recipient_ids(sessions, usernames)

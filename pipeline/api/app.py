@@ -6,6 +6,7 @@ from fastapi import APIRouter, FastAPI
 
 from pipeline.api import (
     alertmanager,
+    alerts,
     groups,
     health,
     inbox,
@@ -65,6 +66,7 @@ async def close_streams(api: FastAPI) -> None:
 def _routers() -> list[APIRouter]:
     """The versioned routers; each module owns one resource."""
     return [
+        alerts.router,
         groups.router,
         alertmanager.router,
         users.router,

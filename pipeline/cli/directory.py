@@ -8,7 +8,7 @@ import typer
 from sqlalchemy import select
 from sqlmodel import col
 
-from pipeline.alerts import AlertInput, create_alert, resolve_alert
+from pipeline.alerts import AlertInput, resolve_alert
 from pipeline.app import App
 from pipeline.cli.context import run_async
 from pipeline.cli.output import check_ids, emit, fail
@@ -87,7 +87,7 @@ def alerts_create(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """Records an alert; the next producer pass notifies its recipients."""
+    """Records an alert and expands it into notifications at once (`tocsin run` delivers them)."""
     try:
         expiry = parse_duration(expires_in) if expires_in else None
     except ValueError as exc:
@@ -96,8 +96,9 @@ def alerts_create(
     data = AlertInput(title, body or title, severity, recipient, expiry, mention_all, dedup_key)
 
     async def work(app: App) -> Alert:
-        limit = app.settings.max_recipients_per_alert
-        return await create_alert(app.sessions, app.clock, data, max_recipients=limit)
+        # No key: a --dedup-key repeat is stored, and the producer's dedup stage suppresses it.
+        (ingested,) = await app.ingest([(data, None)])
+        return ingested.alert
 
     alert = run_async(work)
     shown = {

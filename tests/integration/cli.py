@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,40 @@ class Server:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def record_alert(cwd: Path, title: str, *usernames: str) -> int:
+    """Writes an alert record into cwd's SQLite file around the CLI, as the seed system's jobs did.
+
+    `tocsin alerts create` expands an alert at once; a record written this way waits for a
+    producer pass (the start-up one or the hourly sweep), which is what some tests watch.
+    """
+    from sqlalchemy import create_engine, insert, select
+    from sqlmodel import col
+
+    from pipeline.models import Alert, AlertRecipient, Recipient
+
+    engine = create_engine(f"sqlite:///{cwd}/t.db")
+    try:
+        with engine.begin() as connection:
+            alert_id = connection.execute(
+                insert(Alert)
+                .values(
+                    title=title,
+                    body=title,
+                    severity="warning",
+                    created_at=datetime.now(UTC),
+                    mention_all=False,
+                )
+                .returning(col(Alert.id))
+            ).scalar_one()
+            assert alert_id is not None
+            found = connection.execute(
+                select(col(Recipient.id)).where(col(Recipient.username).in_(usernames))
+            ).scalars()
+            connection.execute(
+                insert(AlertRecipient), [{"alert_id": alert_id, "recipient_id": r} for r in found]
+            )
+    finally:
+        engine.dispose()
+    return alert_id

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.cli import Cli, Server, base_env, channel_env
+from tests.integration.cli import Cli, Server, base_env, channel_env, record_alert
 from tests.support.ports import free_port
 from tests.support.smtp_server import SmtpSink
 from tests.support.waiting import eventually
@@ -119,8 +119,9 @@ async def test_run_serves_metrics_counts_deliveries_and_exits_cleanly_on_sigterm
     await cli.ok(
         "users", "upsert", "bob", "--email", "bob@example.com", "--channels", "system,email"
     )
-    # Created before `run` starts: the producer is hourly, and also runs once at start-up.
-    await cli.ok("alerts", "create", "--title", "Queue depth high", "--recipient", "bob")
+    # Recorded before `run` starts, around the CLI (which would expand it at once): the
+    # producer is hourly, and also runs once at start-up; that pass expands it.
+    record_alert(tmp_path, "Queue depth high", "bob")
 
     url = f"http://127.0.0.1:{port}/metrics"
     server = await Server.start("run", env=env, cwd=tmp_path)
