@@ -90,9 +90,7 @@ class Settings(BaseSettings):
     api_addr: str = Field("127.0.0.1", validation_alias=_env("API_ADDR"))
     # 0 lets the OS pick a free port (logged at start-up); -1 serves no API at all.
     api_port: int = Field(8080, ge=-1, le=65535, validation_alias=_env("API_PORT"))
-    api_max_body_bytes: int = Field(
-        1_048_576, ge=1024, validation_alias=_env("API_MAX_BODY_BYTES")
-    )
+    api_max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("API_MAX_BODY_BYTES"))
     # A client that sends its request body slower than this is cut off (408).
     api_body_timeout: timedelta = Field(
         timedelta(seconds=10), validation_alias=_env("API_BODY_TIMEOUT")

@@ -21,8 +21,6 @@ from pipeline.models import InboxMessage, Recipient
 from pipeline.recipients import recipient_ids
 from pipeline.validation import InputError, validate_username
 
-ID_MAX = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
-
 
 @dataclass(frozen=True)
 class InboxItem:

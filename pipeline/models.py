@@ -10,6 +10,9 @@ from sqlalchemy import Column, DateTime, Index, String, Text, TypeDecorator, Uni
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
+# Ids are 32-bit integers on PostgreSQL: a larger one can never match and must not reach the driver.
+ID_MAX = 2**31 - 1
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores aware datetimes as UTC and hands them back aware, on SQLite as on PostgreSQL."""

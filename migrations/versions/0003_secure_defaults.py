@@ -45,9 +45,8 @@ def _split(url: str) -> tuple[str | None, str | None]:
     if not parts.scheme or not host:
         return None, None
     origin = f"{parts.scheme}://{host}" + (f":{port}" if port else "")
-    keys = parse_qs(parts.query).get("key") or [None]
-    key = keys[0]
-    return origin[:256], key[:128] if key else None
+    keys = parse_qs(parts.query).get("key") or [""]
+    return origin[:256], keys[0][:128] or None
 
 
 def upgrade() -> None:

@@ -14,8 +14,7 @@ from datetime import timedelta
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, HTTPException
-from sqlalchemy.exc import InterfaceError, OperationalError
+from fastapi import APIRouter, Depends
 
 from pipeline.alertmanager import (
     AlertResult,
@@ -44,7 +43,6 @@ router = APIRouter(tags=["alertmanager"])
 # as an alert could plausibly keep firing: a repeat after IDEMPOTENCY_RETENTION (24 h) must
 # still find its alert, and so must the resolution of an alert that fired for a week.
 EPISODE_RETENTION = timedelta(days=366)
-_RETRY_AFTER = {"Retry-After": "10"}
 
 Planned = tuple[int, Episode, AlertInput, str | None]
 
@@ -65,13 +63,7 @@ async def alertmanager_webhook(
     skipped and reported, never refused: the answer is 200 unless the payload is malformed
     (422) or the database is unavailable (503, which Alertmanager retries).
     """
-    try:
-        summary = await ingest_notification(app, payload)
-    except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
-        log.warning("alertmanager_ingest_unavailable", error=type(exc).__name__)
-        raise HTTPException(
-            503, "the database is unavailable: try again", headers=_RETRY_AFTER
-        ) from None
+    summary = await ingest_notification(app, payload)
     counts = summary.model_dump(include={"created", "repeated", "resolved", "skipped"})
     if summary.truncated:
         log.warning(

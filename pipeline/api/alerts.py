@@ -20,6 +20,7 @@ from sqlmodel import col
 from pipeline.alerts import EXPIRES_IN_MAX, AlertInput, resolve_alert, validate_alert
 from pipeline.api.auth import Ingest, Read
 from pipeline.api.deps import tocsin
+from pipeline.api.ids import ID_MAX, parse_id
 from pipeline.api.problems import responses
 from pipeline.app import App
 from pipeline.durations import parse_duration
@@ -32,12 +33,10 @@ router = APIRouter(prefix="/alerts", tags=["alerts"])
 PATH = "/api/v1/alerts"
 
 PAGE_MAX = 500
-# Ids are 32-bit on PostgreSQL: a larger one could never match, and must not reach the driver.
-MAX_ID = 2**31 - 1
 IDEMPOTENCY_KEY_MAX = 200
 PROBLEMS = (401, 403, 404, 413, 422)
 
-AlertId = Annotated[int, Path(ge=1, le=MAX_ID, description="The alert id.")]
+AlertId = Annotated[int, Path(ge=1, le=ID_MAX, description="The alert id.")]
 
 
 # --- what comes in ------------------------------------------------------------------------
@@ -250,8 +249,9 @@ async def alerts_list(
 ) -> AlertPage:
     """Lists alerts, newest first."""
     statement = select(Alert).order_by(col(Alert.id).desc()).limit(limit + 1)
-    if cursor is not None:
-        statement = statement.where(col(Alert.id) < _cursor(cursor))
+    before = parse_id(cursor)
+    if before is not None:
+        statement = statement.where(col(Alert.id) < before)
     if severity is not None:
         statement = statement.where(col(Alert.severity) == validate_severity(severity).value)
     if resolved is not None:
@@ -379,12 +379,6 @@ def _at(index: int | None) -> Iterator[None]:
         yield
     except InputError as exc:
         raise InputError(f"alerts[{index}]: {exc}") from None
-
-
-def _cursor(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_ID + 1:
-        raise InputError("cursor must be a next_cursor this API returned")
-    return int(text)
 
 
 async def _alerts(app: App, ids: list[int]) -> dict[int, Alert]:

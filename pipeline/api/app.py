@@ -54,6 +54,7 @@ def create_api(app: App) -> FastAPI:
     api.include_router(health.router)
     for router in _routers():
         api.include_router(router, prefix="/api/v1")
+    problems.document_common(api)
     return api
 
 

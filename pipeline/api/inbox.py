@@ -16,11 +16,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from pipeline.api.auth import Read
 from pipeline.api.deps import tocsin
+from pipeline.api.ids import ID_MAX, parse_id
 from pipeline.api.problems import responses
 from pipeline.app import App
 from pipeline.db import SessionFactory
 from pipeline.inbox import (
-    ID_MAX,
     InboxItem,
     inbox_page,
     mark_all_read,
@@ -99,16 +99,6 @@ async def inbox_owner(name: UserName, app: Tocsin, _token: Read) -> int:
 Owner = Annotated[int, Depends(inbox_owner)]
 
 
-def _message_id(text: str | None, what: str) -> int | None:
-    """Parses a cursor or event id this API handed out; 422 for anything else."""
-    if text is None or not text.strip():
-        return None
-    text = text.strip()
-    if not text.isdigit() or not 0 <= int(text) <= ID_MAX:
-        raise HTTPException(422, f"{what} {text[:40]!r} is not one this API returned")
-    return int(text)
-
-
 @router.get("", response_model=InboxPage, responses=responses(401, 403, 404, 422))
 async def inbox_list(
     recipient_id: Owner,
@@ -125,7 +115,7 @@ async def inbox_list(
         recipient_id,
         unread_only=unread,
         limit=limit,
-        before=_message_id(cursor, "cursor"),
+        before=parse_id(cursor, "cursor"),
     )
     return InboxPage(
         items=[InboxMessage.of(item) for item in page.items],
@@ -191,9 +181,9 @@ async def inbox_stream(
     ] = None,
 ) -> EventSourceResponse:
     """Streams new messages as they arrive; resumes after Last-Event-ID without a gap."""
-    resume = _message_id(last_event_id, "Last-Event-ID")
+    resume = parse_id(last_event_id, "Last-Event-ID")
     if resume is None:
-        resume = _message_id(after, "after")
+        resume = parse_id(after, "after")
     feed: InboxFeed = request.app.state.inbox_feed
     return EventSourceResponse(
         _events(feed, app.sessions, recipient_id, resume),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from channels.registry import CHANNEL_NAMES
 from pipeline.api.auth import Admin
 from pipeline.api.deps import tocsin
+from pipeline.api.ids import ID_MAX, parse_id
 from pipeline.api.problems import responses
 from pipeline.app import App
 from pipeline.audit import Audit, list_records
@@ -31,12 +32,10 @@ from workers.dead_letters import DEFAULT_RATE, dead, replay
 router = APIRouter(tags=["operations"])
 
 PAGE_MAX = 1000
-# Ids are 32-bit on PostgreSQL: a larger one could never match, and must not reach the driver.
-MAX_ID = 2**31 - 1
 # At most this many ids in one replay (the rest of a bigger set: filters, or several calls).
 REPLAY_IDS_MAX = 10_000
 
-Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Id = Annotated[int, Field(ge=1, le=ID_MAX)]
 Limit = Annotated[int, Query(ge=1, le=PAGE_MAX, description="Rows per page.")]
 Cursor = Annotated[
     str | None, Query(max_length=20, description="next_cursor of the previous page.")
@@ -45,7 +44,7 @@ ChannelQuery = Annotated[
     str | None, Query(max_length=32, description=f"Only this channel ({', '.join(CHANNEL_NAMES)}).")
 ]
 ReasonQuery = Annotated[str | None, Query(max_length=64, description="Only this reason.")]
-AlertQuery = Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this alert id.")]
+AlertQuery = Annotated[int | None, Query(ge=1, le=ID_MAX, description="Only this alert id.")]
 SinceQuery = Annotated[
     str | None,
     Query(max_length=64, description="Only rows changed since: an ISO time or an age (2h)."),
@@ -156,14 +155,6 @@ class AuditPage(BaseModel):
     next_cursor: str | None
 
 
-def _cursor(text: str | None) -> int | None:
-    if text is None:
-        return None
-    if not text.isdigit() or not 0 <= int(text) <= MAX_ID:
-        raise InputError("cursor must be a next_cursor this API returned")
-    return int(text)
-
-
 def _where(
     app: App,
     *,
@@ -184,7 +175,7 @@ def _where(
         alert_id=alert,
         since=since,
         limit=limit,
-        after=_cursor(cursor),
+        after=parse_id(cursor),
     )
 
 
@@ -232,7 +223,7 @@ async def notifications_list(
     responses=responses(401, 403, 404, 422),
 )
 async def notifications_get(
-    notification_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The notification id.")],
+    notification_id: Annotated[int, Path(ge=1, le=ID_MAX, description="The notification id.")],
     app: Annotated[App, Depends(tocsin)],
     _token: Admin,
 ) -> NotificationDetail:
@@ -328,7 +319,7 @@ async def audit_list(
     cursor: Cursor = None,
 ) -> AuditPage:
     """Lists the audit log of bulk actions (replay, purge), newest first (`tocsin audit`)."""
-    records = await list_records(app.sessions, limit + 1, before=_cursor(cursor))
+    records = await list_records(app.sessions, limit + 1, before=parse_id(cursor))
     items = [AuditEntry.model_validate(r, from_attributes=True) for r in records[:limit]]
     more = len(records) > limit
     return AuditPage(items=items, next_cursor=str(items[-1].id) if more else None)

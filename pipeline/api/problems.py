@@ -10,13 +10,16 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipeline.db import database_unavailable
 from pipeline.validation import InputError
 
 log = structlog.get_logger("tocsin.api")
 
 MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER = {"Retry-After": "10"}
 
 
 class Problem(BaseModel):
@@ -54,6 +57,10 @@ def install(api: FastAPI) -> None:
 
     async def http_error(_request: Request, exc: Exception) -> JSONResponse:
         status = getattr(exc, "status_code", 500)
+        if status == 400:
+            # FastAPI's answer to a body it cannot decode (not UTF-8, say): the same kind of
+            # mistake as a JSON syntax error, so the same documented status.
+            return problem(422, "the body is not valid JSON (UTF-8)")
         return problem(status, str(getattr(exc, "detail", "")), getattr(exc, "headers", None))
 
     async def invalid(_request: Request, exc: Exception) -> JSONResponse:
@@ -68,10 +75,20 @@ def install(api: FastAPI) -> None:
         log.error("api_internal_error", path=request.url.path, exc_info=exc)
         return problem(500, "internal error; the server log has the details")
 
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unavailable(exc):
+            return await unexpected(request, exc)
+        # Any route, the token check included: a retry can succeed, so say when to try.
+        log.warning("api_database_unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem(503, "the database is unavailable: try again", RETRY_AFTER)
+
     api.add_exception_handler(StarletteHTTPException, http_error)
     api.add_exception_handler(HTTPException, http_error)
     api.add_exception_handler(RequestValidationError, invalid)
     api.add_exception_handler(InputError, refused)
+    # Handled here rather than by the catch-all, which Starlette re-raises to the server log.
+    for kind in (DBAPIError, OSError, TimeoutError):
+        api.add_exception_handler(kind, database_error)
     api.add_exception_handler(Exception, unexpected)
 
 
@@ -86,3 +103,46 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+# Answers any operation may give besides its own: from the auth dependency (secured ones, which
+# read the database: 503 while it is unavailable), the body limits (ones with a body), and
+# validation of parameters.
+_SECURED = (401, 403, 503)
+_WITH_BODY = (408, 413)
+
+
+def document_common(api: FastAPI) -> None:
+    """Adds the problems every operation can answer to the OpenAPI document, once."""
+    build = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is not None:
+            return api.openapi_schema
+        document = build()
+        problem_ref = {"$ref": "#/components/schemas/Problem"}
+        document.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+            "Problem", Problem.model_json_schema()
+        )
+        for item in document.get("paths", {}).values():
+            for operation in item.values():
+                statuses = [422]
+                if operation.get("security"):
+                    statuses += _SECURED
+                if "requestBody" in operation:
+                    statuses += _WITH_BODY
+                responses = operation.setdefault("responses", {})
+                for status in statuses:
+                    entry = {
+                        "description": HTTPStatus(status).phrase,
+                        "content": {MEDIA_TYPE: {"schema": problem_ref}},
+                    }
+                    # FastAPI documents its own 422 body; ours is a problem.
+                    if status == 422:
+                        responses[str(status)] = entry
+                    else:
+                        responses.setdefault(str(status), entry)
+        api.openapi_schema = document
+        return document
+
+    api.openapi = openapi  # type: ignore[method-assign]

@@ -23,7 +23,7 @@ async def test_health_and_readiness_need_no_token(api: Api) -> None:
     assert ready.json() == {"status": "ok", "database": "ok", "queue": "ok"}
 
 
-async def test_readiness_is_503_while_the_database_does_not_answer(
+async def test_readiness_and_every_call_are_503_while_the_database_does_not_answer(
     postgres_settings: Settings,
 ) -> None:
     url = postgres_settings.database_url.get_secret_value()
@@ -35,16 +35,28 @@ async def test_readiness_is_503_while_the_database_does_not_answer(
                 "db_command_timeout": timedelta(seconds=2),
             }
         )
-        async with running_api(routed) as served, served.client(None) as client:
+        async with running_api(routed) as served, served.client() as client:
             assert (await client.get("/readyz")).status_code == 200
             proxy.blackhole()
             proxy.close_all()
             ready = await client.get("/readyz")
             assert (await client.get("/healthz")).status_code == 200
+            # The token check reads the database too: a retry-able 503, never a 500.
+            calls = [
+                await client.get("/api/v1/alerts"),
+                await client.post(
+                    "/api/v1/integrations/alertmanager",
+                    json={"version": "4", "status": "firing", "alerts": []},
+                ),
+            ]
             proxy.pass_through()
     assert ready.status_code == 503
     assert ready.json()["database"].startswith("unavailable")
     assert ready.json()["queue"] == "ok"
+    for call in calls:
+        assert call.status_code == 503, call.text
+        assert call.headers["content-type"] == PROBLEM
+        assert call.headers["retry-after"] == "10"
 
 
 async def test_unknown_paths_are_problems(api: Api) -> None:
@@ -87,3 +99,38 @@ async def test_the_openapi_document_is_served(api: Api) -> None:
     assert document["info"]["title"] == "Tocsin"
     assert "/healthz" in document["paths"]
     assert docs.status_code == 200
+
+
+async def test_every_body_route_answers_422_to_a_body_that_is_not_utf8(api: Api) -> None:
+    async with api.client() as client:
+        document = (await client.get("/openapi.json")).json()
+        routes = [
+            (method, path.replace("{name}", "alice").replace("{alert_id}", "1"))
+            for path, item in document["paths"].items()
+            for method, operation in item.items()
+            if "requestBody" in operation
+        ]
+        headers = {"Content-Type": "application/json"}
+        body = b'{"title": "\xff\xfe"}'
+        answers = [
+            await client.request(method, path, content=body, headers=headers)
+            for method, path in routes
+        ]
+    assert len(routes) >= 5, routes
+    for (method, path), answer in zip(routes, answers, strict=True):
+        assert answer.status_code == 422, (method, path, answer.text)
+        assert answer.headers["content-type"] == PROBLEM
+
+
+async def test_a_cursor_that_is_not_ascii_digits_is_a_422_everywhere(api: Api) -> None:
+    # '²' passes str.isdigit() and fails int(): once a 500.
+    async with api.client() as client:
+        await client.put("/api/v1/users/alice", json={"channels": ["system"]})
+        answers = {
+            (path, cursor): await client.get(path, params={"cursor": cursor})
+            for path in ("/api/v1/alerts", "/api/v1/audit", "/api/v1/users/alice/inbox")
+            for cursor in ("²", "٣", "-1", "99999999999")
+        }
+    for where, answer in answers.items():
+        assert answer.status_code == 422, (where, answer.text)
+        assert answer.headers["content-type"] == PROBLEM

@@ -623,6 +623,8 @@ async def test_secrets_never_reach_output_logs_or_dead_letters(
             **channel_env(sink, wecom_server, ROBOT_KEY),
             EMAIL_USERNAME="tocsin",
             EMAIL_PASSWORD=PASSWORD,
+            # The loopback sink speaks no TLS: clear-text AUTH has to be allowed by name.
+            EMAIL_ALLOW_PLAINTEXT_AUTH="true",
             LOG_LEVEL="DEBUG",
             RELAY_INTERVAL="0.2s",
         )

@@ -11,10 +11,11 @@ from sqlmodel import col
 from channels.errors import Reason
 from pipeline.alerts import AlertInput, create_alert
 from pipeline.app import App
+from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.models import Alert, Notification, State
 from pipeline.validation import InputError
-from tests.support.pipeline import add_user, open_app
+from tests.support.pipeline import START, add_user, open_app
 
 
 async def alert(app: App, title: str, key: str | None, recipients: list[str]) -> Alert:
@@ -36,11 +37,12 @@ async def states(app: App, alert_id: int) -> set[tuple[str, str | None]]:
 
 async def test_a_repeat_within_the_window_is_suppressed_as_duplicate(db_settings: Settings) -> None:
     settings = db_settings.model_copy(update={"dedup_window": timedelta(hours=1)})
-    async with open_app(settings) as app:
+    clock = ManualClock(START)
+    async with open_app(settings, clock) as app:
         await add_user(app, "alice", channels="system")
         first = await alert(app, "Disk 95% on db-1", "disk-db1", ["alice"])
         await app.producer().run()
-        app.clock.advance(timedelta(minutes=1))
+        clock.advance(timedelta(minutes=1))
         repeat = await alert(app, "Disk 95% on db-1", "disk-db1", ["alice"])
         other = await alert(app, "Disk 95% on db-2", "disk-db2", ["alice"])
         unkeyed = await alert(app, "Disk 95% on db-1", None, ["alice"])
@@ -60,7 +62,8 @@ async def test_the_window_counts_from_the_first_alert_not_the_last_repeat(
     db_settings: Settings,
 ) -> None:
     settings = db_settings.model_copy(update={"dedup_window": timedelta(minutes=30)})
-    async with open_app(settings) as app:
+    clock = ManualClock(START)
+    async with open_app(settings, clock) as app:
         await add_user(app, "alice", channels="system")
         told: list[bool] = []
         # A problem that fires every 20 minutes: told at 0 and 40 (a new window), not 20 or 60.
@@ -69,7 +72,7 @@ async def test_the_window_counts_from_the_first_alert_not_the_last_repeat(
             await app.producer().run()
             reasons = await states(app, created.id or 0)
             told.append(reasons == {(State.PENDING.value, None)})
-            app.clock.advance(timedelta(minutes=20))
+            clock.advance(timedelta(minutes=20))
     assert told == [True, False, True, False]
 
 
