@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, select, update
@@ -13,13 +13,21 @@ from sqlmodel import col
 from channels.errors import Reason
 from pipeline.clock import Clock
 from pipeline.db import SessionFactory
-from pipeline.models import Alert, AlertKey, AlertRecipient, Notification, Severity, State
+from pipeline.groups import addressed_usernames
+from pipeline.models import (
+    Alert,
+    AlertKey,
+    AlertRecipient,
+    Notification,
+    Recipient,
+    Severity,
+    State,
+)
 from pipeline.recipients import recipient_ids
 from pipeline.validation import (
     InputError,
     validate_body,
     validate_dedup_key,
-    validate_recipients,
     validate_severity,
     validate_title,
 )
@@ -41,6 +49,8 @@ class AlertInput:
     mention_all: bool = False
     # A repeat with the same key within DEDUP_WINDOW notifies nobody (SUPPRESSED duplicate).
     dedup_key: str | None = None
+    # Recipient groups: their members when the alert comes in join the recipients.
+    groups: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,7 @@ async def _prepare(
     title = validate_title(data.title)
     body = validate_body(data.body)
     severity = validate_severity(data.severity)
-    usernames = validate_recipients(data.recipients)
+    usernames = await addressed_usernames(sessions, data.recipients, data.groups)
     if len(usernames) > max_recipients:
         raise InputError(
             f"the alert names {len(usernames)} recipients: the limit is {max_recipients} "
@@ -152,6 +162,17 @@ async def _prepare(
         dedup_key=dedup_key,
     )
     return alert, [ids[name] for name in usernames]
+
+
+async def alert_usernames(session: AsyncSession, alert_id: int) -> list[str]:
+    """Returns the usernames an alert addresses (group members included), sorted."""
+    names = await session.execute(
+        select(col(Recipient.username))
+        .join(AlertRecipient, col(AlertRecipient.recipient_id) == col(Recipient.id))
+        .where(col(AlertRecipient.alert_id) == alert_id)
+        .order_by(col(Recipient.username))
+    )
+    return list(names.scalars())
 
 
 async def _insert(session: AsyncSession, alert: Alert, recipient_ids: list[int]) -> None:

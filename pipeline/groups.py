@@ -17,7 +17,7 @@ from pipeline.db import SessionFactory
 from pipeline.models import GroupMember, Recipient, RecipientGroup
 from pipeline.recipients import recipient_ids
 from pipeline.sql import insert_ignoring_duplicates
-from pipeline.validation import InputError, validate_username
+from pipeline.validation import InputError, validate_recipients, validate_username
 
 GROUP_NAME_MAX = 64
 _GROUP_NAME = re.compile(rf"[A-Za-z0-9._@-]{{1,{GROUP_NAME_MAX}}}")
@@ -216,6 +216,31 @@ async def members_of(sessions: SessionFactory, name: str) -> list[str]:
     if name not in found:
         raise UnknownGroup(_unknown(name))
     return found[name]
+
+
+async def addressed_usernames(
+    sessions: SessionFactory, recipients: list[str], groups: list[str]
+) -> list[str]:
+    """Returns whom an alert reaches: recipients, then each group's members, each once.
+
+    Groups are expanded now: an alert goes to the members a group has when it comes in. Raises
+    InputError naming every unknown group, or when the names reach nobody at all.
+    """
+    if not groups:
+        if not recipients:
+            raise InputError("an alert must name at least one recipient or group")
+        return validate_recipients(recipients)
+    usernames = [validate_username(name) for name in recipients]
+    names = list(dict.fromkeys(validate_group_name(name) for name in groups))
+    found = await group_usernames(sessions, names)
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        shown = ", ".join(repr(name) for name in unknown)
+        raise InputError(f"no group named {shown}; create it with `tocsin groups upsert`")
+    reached = list(dict.fromkeys([*usernames, *(m for name in names for m in found[name])]))
+    if not reached:
+        raise InputError(f"the groups {', '.join(names)} have no members and no user is named")
+    return reached
 
 
 async def directory(

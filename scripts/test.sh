@@ -73,6 +73,7 @@ start_service Redis 6379 start_redis
 start_service RabbitMQ 5672 start_rabbitmq
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy .
 # A known vulnerability in requirements.lock fails the run; exit 2 (the vulnerability
 # service did not answer) has already printed its one warning line.

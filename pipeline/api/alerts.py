@@ -17,14 +17,20 @@ from pydantic_core import from_json
 from sqlalchemy import select
 from sqlmodel import col
 
-from pipeline.alerts import EXPIRES_IN_MAX, AlertInput, resolve_alert, validate_alert
+from pipeline.alerts import (
+    EXPIRES_IN_MAX,
+    AlertInput,
+    alert_usernames,
+    resolve_alert,
+    validate_alert,
+)
 from pipeline.api.auth import Ingest, Read
 from pipeline.api.deps import tocsin
 from pipeline.api.ids import ID_MAX, parse_id
 from pipeline.api.problems import responses
 from pipeline.app import App
 from pipeline.durations import parse_duration
-from pipeline.models import Alert, AlertRecipient, Recipient
+from pipeline.models import Alert
 from pipeline.notifications import NotificationFilter, NotificationView, list_notifications
 from pipeline.validation import InputError, validate_dedup_key, validate_severity
 
@@ -50,7 +56,14 @@ class AlertIn(BaseModel):
     title: str = Field(description="One line, at most 200 characters (the e-mail subject).")
     body: str = Field("", description="The alert text (up to 64 KiB); the title when empty.")
     severity: str = Field("warning", description="info, warning or critical.")
-    recipients: list[str] = Field(description="Usernames of existing users, at least one.")
+    recipients: list[str] = Field(
+        default_factory=list, description="Usernames of existing users (or name groups)."
+    )
+    groups: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Recipient groups: their members now join the recipients.",
+    )
     expires_in: str | None = Field(None, description="Stop notifying after this long, e.g. 2h.")
     mention_all: bool = Field(False, description="@mention the whole WeCom group (critical only).")
     dedup_key: str | None = Field(
@@ -357,6 +370,7 @@ def _input(item: AlertIn) -> AlertInput:
         body=item.body or item.title,
         severity=item.severity,
         recipients=item.recipients,
+        groups=item.groups,
         expires_in=expires_in,
         mention_all=item.mention_all,
         dedup_key=item.dedup_key,
@@ -393,13 +407,7 @@ async def _detail(app: App, alert_id: int) -> AlertDetail:
         alert = await session.get(Alert, alert_id)
         if alert is None:
             raise HTTPException(404, f"no alert {alert_id}")
-        names = await session.execute(
-            select(col(Recipient.username))
-            .join(AlertRecipient, col(AlertRecipient.recipient_id) == col(Recipient.id))
-            .where(col(AlertRecipient.alert_id) == alert_id)
-            .order_by(col(Recipient.username))
-        )
-        recipients = list(names.scalars())
+        recipients = await alert_usernames(session, alert_id)
     rows = await list_notifications(app.sessions, NotificationFilter(alert_id=alert_id, limit=None))
     return AlertDetail(
         **AlertSummary.fields_of(alert),

@@ -8,7 +8,7 @@ import typer
 from sqlalchemy import select
 from sqlmodel import col
 
-from pipeline.alerts import AlertInput, resolve_alert
+from pipeline.alerts import AlertInput, alert_usernames, resolve_alert
 from pipeline.app import App
 from pipeline.cli.context import run_async
 from pipeline.cli.output import check_ids, emit, fail
@@ -67,7 +67,13 @@ def users_list(as_json: Json = False) -> None:
 @alerts.command("create")
 def alerts_create(
     title: Annotated[str, typer.Option(help="One-line title (becomes the e-mail subject).")],
-    recipient: Annotated[list[str], typer.Option(help="A recipient user name; repeat for more.")],
+    recipient: Annotated[
+        list[str] | None, typer.Option(help="A recipient user name; repeat for more.")
+    ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option(help="A recipient group; its members join the recipients. Repeatable."),
+    ] = None,
     body: Annotated[str, typer.Option(help="The alert text.")] = "",
     severity: Annotated[str, typer.Option(help="info, warning or critical.")] = "warning",
     expires_in: Annotated[
@@ -93,20 +99,24 @@ def alerts_create(
     except ValueError as exc:
         fail(f"--expires-in: {exc}")
         return
-    data = AlertInput(title, body or title, severity, recipient, expiry, mention_all, dedup_key)
+    data = AlertInput(
+        title, body or title, severity, recipient or [], expiry, mention_all, dedup_key, group or []
+    )
 
-    async def work(app: App) -> Alert:
+    async def work(app: App) -> tuple[Alert, list[str]]:
         # No key: a --dedup-key repeat is stored, and the producer's dedup stage suppresses it.
         (ingested,) = await app.ingest([(data, None)])
-        return ingested.alert
+        async with app.sessions() as session:
+            reached = await alert_usernames(session, ingested.alert.id or 0)
+        return ingested.alert, reached
 
-    alert = run_async(work)
+    alert, reached = run_async(work)
     shown = {
         "id": alert.id,
         "title": alert.title,
         "severity": alert.severity,
         "created_at": alert.created_at,
-        "recipients": recipient,
+        "recipients": reached,
         "mention_all": alert.mention_all,
         "dedup_key": alert.dedup_key,
     }

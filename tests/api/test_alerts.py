@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from pipeline.config import Settings
+from pipeline.groups import upsert_group
 from pipeline.models import Alert, AlertKey, AlertRecipient, Notification
 from pipeline.tokens import revoke_token
 from tests.support.api import Api, running_api
@@ -41,9 +42,11 @@ async def counts(api: Api) -> dict[str, int]:
 
 @pytest.fixture
 async def users(api: Api) -> Api:
-    """The API with alice (e-mail, inbox) and bob (inbox only)."""
+    """The API with alice (e-mail, inbox), bob (inbox only), groups db-oncall and empty."""
     await add_user(api.app, "alice", email="alice@example.com")
     await add_user(api.app, "bob", channels="system")
+    await upsert_group(api.app.sessions, api.app.clock, "db-oncall", ["bob", "alice"])
+    await upsert_group(api.app.sessions, api.app.clock, "empty", [])
     return api
 
 
@@ -82,6 +85,19 @@ async def test_a_batch_answers_every_alert_in_order(users: Api) -> None:
     assert (await counts(users))["notifications"] == 9
 
 
+async def test_groups_address_their_members_once(users: Api) -> None:
+    async with users.client("admin") as client:
+        answer = await client.post(URL, json=alert(recipients=["alice"], groups=["db-oncall"]))
+        only_group = await client.post(URL, json=alert(recipients=[], groups=["db-oncall"]))
+        shown = [(await client.get(a.json()["url"])).json() for a in (answer, only_group)]
+    assert answer.status_code == only_group.status_code == 202, (answer.text, only_group.text)
+    for detail in shown:
+        assert detail["recipients"] == ["alice", "bob"]
+        # A row per channel for each of them once (bob's opted-out ones SUPPRESSED), not twice.
+        rows = sorted((n["recipient"], n["channel"]) for n in detail["notifications"])
+        assert rows == [(u, c) for u in ("alice", "bob") for c in ("email", "system", "wecom")]
+
+
 BAD_ALERTS = [
     ("unknown-recipient", alert(recipients=["alice", "ghost"]), "ghost"),
     ("empty-title", alert(title="  "), "title must not be empty"),
@@ -90,7 +106,10 @@ BAD_ALERTS = [
     ("severity", alert(severity="urgent"), "severity 'urgent' is invalid"),
     ("mention-all", alert(mention_all=True), "only allowed on critical"),
     ("expires-in", alert(expires_in="soon"), "expires_in"),
-    ("no-recipients", alert(recipients=[]), "recipients"),
+    ("no-recipients", alert(recipients=[]), "at least one recipient or group"),
+    ("unknown-group", alert(groups=["db-oncall", "ghosts"]), "no group named 'ghosts'"),
+    ("invalid-group", alert(groups=["a b"]), "group name 'a b' is invalid"),
+    ("empty-group", alert(recipients=[], groups=["empty"]), "have no members"),
     ("missing-title", {"body": "x", "recipients": ["alice"]}, "title: Field required"),
     ("wrong-type", alert(title=5), "title: Input should be a valid string"),
     ("unknown-field", alert(recipent=["alice"]), "recipent"),

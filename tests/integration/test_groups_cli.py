@@ -35,3 +35,23 @@ async def test_groups_commands(cli: Cli) -> None:
     bad = await cli("groups", "delete", "a b")
     assert bad.code == 2 and "group name" in bad.stderr
     assert (await cli.json("groups", "show", "db-oncall"))["members"] == ["bob"]
+
+
+async def test_an_alert_addressed_to_a_group_reaches_its_members(cli: Cli) -> None:
+    await cli.ok("db", "upgrade")
+    for name in ("alice", "bob", "carol"):
+        await cli.ok("users", "upsert", name, "--channels", "system")
+    await cli.ok("groups", "upsert", "db-oncall", "--member", "bob", "--member", "alice")
+    created = await cli.json(
+        "alerts", "create", "--title", "Disk full", "--group", "db-oncall",
+        "--recipient", "carol", "--recipient", "alice", "--json",
+    )  # fmt: skip
+    assert created["recipients"] == ["alice", "bob", "carol"]
+    unknown = await cli("alerts", "create", "--title", "x", "--group", "nobody")
+    assert unknown.code == 2
+    assert unknown.error_lines == [
+        "error: no group named 'nobody'; create it with `tocsin groups upsert`"
+    ]
+    neither = await cli("alerts", "create", "--title", "x")
+    assert neither.code == 2
+    assert neither.error_lines == ["error: an alert must name at least one recipient or group"]
