@@ -17,6 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 from pipeline.app import App
 from pipeline.config import Settings
 from pipeline.jobs import PRODUCER_JOB_ID, JobSpec, declared_jobs, last_success, run_job
+from pipeline.listeners import CannotListen
 from pipeline.producer import ProducerReport
 from pipeline.queues.base import QueueUnavailable
 
@@ -87,7 +88,11 @@ async def serve_metrics(app: App) -> Any:
         return None
     from prometheus_async.aio.web import start_http_server
 
-    server = await start_http_server(addr=app.settings.metrics_addr, port=app.settings.metrics_port)
+    addr, port = app.settings.metrics_addr, app.settings.metrics_port
+    try:
+        server = await start_http_server(addr=addr, port=port)
+    except OSError:
+        raise CannotListen.on("/metrics", addr, port, "METRICS_ADDR, METRICS_PORT") from None
     log.info("metrics_serving", url=server.url)
     return server
 

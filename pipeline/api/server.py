@@ -11,6 +11,7 @@ import uvicorn
 
 from pipeline.api.app import close_streams, create_api
 from pipeline.app import App
+from pipeline.listeners import CannotListen
 
 log = structlog.get_logger("tocsin.api")
 
@@ -64,9 +65,8 @@ class ApiServer:
             await self._server.serve()
         except SystemExit:  # uvicorn's answer to a failed bind
             config = self._server.config
-            raise OSError(
-                f"the API cannot listen on {config.host}:{config.port}: the address is in use "
-                "or not available (API_ADDR, API_PORT)"
+            raise CannotListen.on(
+                "the API", config.host, config.port, "API_ADDR, API_PORT"
             ) from None
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from pipeline.app import App, secrets_of
 from pipeline.cli.output import fail
 from pipeline.config import Settings
 from pipeline.durations import format_duration
+from pipeline.listeners import CannotListen
 from pipeline.logs import configure_logging
 from pipeline.queues.base import QueueUnavailable
 from pipeline.redact import Redactor
@@ -57,6 +58,8 @@ def friendly_errors(settings: Settings | None = None) -> Iterator[None]:
     except TimeoutError:
         # Broker timeouts arrive as QueueUnavailable; a bare one is the database's driver.
         fail(database_timeout(settings), 1)
+    except CannotListen as exc:
+        fail(str(exc), 1)
     except (OSError, ConnectionError) as exc:
         fail(f"cannot connect: {redact(str(exc)) or type(exc).__name__}", 1)
 

@@ -67,3 +67,24 @@ async def test_tocsin_run_listens_on_loopback_only_by_default(tmp_path: Path) ->
     assert any(f":{listener.port}" in api_line for listener in listeners), api_line
     exposed = [str(listener) for listener in listeners if not listener.loopback]
     assert not exposed, f"tocsin run listens beyond loopback on {exposed}"
+
+
+@pytest.mark.parametrize(
+    ("command", "setting", "names"),
+    [
+        ("api", "API_PORT", "the API cannot listen on 127.0.0.1:{port}"),
+        ("worker", "METRICS_PORT", "/metrics cannot listen on 127.0.0.1:{port}"),
+    ],
+)
+async def test_a_port_in_use_is_one_line_naming_the_listener(
+    tmp_path: Path, command: str, setting: str, names: str
+) -> None:
+    env = base_env(tmp_path, QUEUE_URL="redis://127.0.0.1:6379/9")
+    assert (await tocsin("db", "upgrade", env=env, cwd=tmp_path)).code == 0
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = await tocsin(command, env={**env, setting: str(port)}, cwd=tmp_path)
+    assert result.code == 1, result.stderr
+    last = result.error_lines[-1]
+    assert last.startswith("error: " + names.format(port=port)), result.stderr
+    assert setting in last and "Traceback" not in result.stderr
