@@ -29,9 +29,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import col
 
-from benchmarks.embedded import seed_alerts, seed_recipients
+from benchmarks.embedded import build_channels, seed_alerts, seed_recipients
 from benchmarks.results import Shape
 from benchmarks.servers import ServerProcess
+from channels.registry import CHANNEL_NAMES
 from pipeline.app import App
 from pipeline.config import Settings
 from pipeline.db import upgrade
@@ -77,7 +78,7 @@ async def fresh_database() -> AsyncIterator[str]:
         await admin.dispose()
 
 
-def settings_for(database_url: str, queue_url: str, smtp_port: int) -> Settings:
+def settings_for(database_url: str, queue_url: str) -> Settings:
     """Returns the settings every process of a run shares."""
     return Settings(
         _env_file=None,
@@ -86,14 +87,10 @@ def settings_for(database_url: str, queue_url: str, smtp_port: int) -> Settings:
         metrics_port=-1,
         log_level="WARNING",
         relay_interval="0.2s",
-        email_enabled=True,
-        email_smtp_server="127.0.0.1",
-        email_smtp_port=smtp_port,
-        email_security="none",
     )
 
 
-def env_for(settings: Settings) -> dict[str, str]:
+def env_for(settings: Settings, smtp_port: int) -> dict[str, str]:
     """Returns the environment that gives a child process these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMAIL_", "WECOM_"))}
     env |= {
@@ -104,7 +101,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         "RELAY_INTERVAL": "0.2s",
         "EMAIL_ENABLED": "true",
         "EMAIL_SMTP_SERVER": "127.0.0.1",
-        "EMAIL_SMTP_PORT": str(settings.email_smtp_port),
+        "EMAIL_SMTP_PORT": str(smtp_port),
         "EMAIL_SECURITY": "none",
     }
     return env
@@ -112,7 +109,7 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 async def purge_queues(settings: Settings) -> None:
     """Empties the broker's channel queues so a run starts clean."""
-    queue = open_queue(settings)
+    queue = open_queue(settings, CHANNEL_NAMES)
     await queue.connect()
     try:
         while await queue.receive("system", 1000, 0.2) or await queue.receive("email", 1000, 0.2):
@@ -143,14 +140,15 @@ async def delivered(app: App) -> tuple[int, int, float]:
 async def one_run(broker: str, workers: int, shape: Shape, smtp_port: int) -> Run:
     """Seeds a fresh database and times producer + W workers delivering it."""
     async with fresh_database() as database_url:
-        settings = settings_for(database_url, BROKERS[broker], smtp_port)
+        settings = settings_for(database_url, BROKERS[broker])
         await asyncio.to_thread(upgrade, settings)
         await purge_queues(settings)
-        app = App.create(settings, registry=CollectorRegistry())
+        channels = build_channels(smtp_port)
+        app = App.create(settings, channels=channels, registry=CollectorRegistry())
         try:
             ids = await seed_recipients(app, shape)
             await seed_alerts(app, shape, ids, f"{broker}-{workers}")
-            processes = await start_processes(settings, workers)
+            processes = await start_processes(settings, smtp_port, workers)
             try:
                 _, sent, span = await wait_until_terminal(app, shape.total)
             finally:
@@ -172,9 +170,11 @@ async def outcomes_of(app: App) -> dict[str, int]:
         return {f"{state}/{reason or '-'}": count for state, reason, count in rows}
 
 
-async def start_processes(settings: Settings, workers: int) -> list[asyncio.subprocess.Process]:
+async def start_processes(
+    settings: Settings, smtp_port: int, workers: int
+) -> list[asyncio.subprocess.Process]:
     """Starts one producer and W worker processes."""
-    env = env_for(settings)
+    env = env_for(settings, smtp_port)
     commands = [["producer"]] + [["worker", "--channel", "system", "--channel", "email"]] * workers
     return [
         await asyncio.create_subprocess_exec(
@@ -214,7 +214,7 @@ async def stop_processes(processes: list[asyncio.subprocess.Process]) -> None:
 async def adapter_rate(broker: str, count: int) -> float:
     """Measures the queue adapter alone: publish `count` messages, then receive and ack them."""
     settings = Settings(_env_file=None, queue_url=BROKERS[broker], metrics_port=-1)
-    queue = open_queue(settings)
+    queue = open_queue(settings, CHANNEL_NAMES)
     await queue.connect()
     try:
         await purge_queues(settings)

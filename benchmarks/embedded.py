@@ -20,22 +20,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import SecretStr
 from sqlalchemy import func, insert, select
 from sqlmodel import col
 
 from benchmarks import ceilings
 from benchmarks.results import Figure, Results, Shape, as_json, as_text
 from benchmarks.servers import UNLIMITED, ServerProcess
+from channels.base import ChannelSettings
+from channels.email import EmailSecurity, EmailSettings
+from channels.registry import CHANNELS
+from channels.wecom import WeComSettings
 from pipeline.app import App
+from pipeline.channel_set import ChannelSet
 from pipeline.config import Settings
 from pipeline.db import upgrade
 from pipeline.logs import configure_logging
-from pipeline.models import Alert, AlertRecipient, Notification, NotificationSettings, Recipient
+from pipeline.models import (
+    Alert,
+    AlertRecipient,
+    Notification,
+    NotificationSettings,
+    Recipient,
+    RecipientContact,
+)
 
 T = TypeVar("T")
 
 RATE_NOTE = (
-    "throughput run: Settings(wecom_rate_per_minute=10**9) takes the product's client-side "
+    "throughput run: WeComSettings(rate_per_minute=10**9) takes the product's client-side "
     "per-key WeCom limiter (default 20/min) out of the way, and the WeCom robot's per-key "
     "limit is raised to 10**9; real WeCom allows 20 messages per minute per robot key"
 )
@@ -44,9 +57,32 @@ RATE_NOTE = (
 # --- setup -------------------------------------------------------------------------------
 
 
-def build_settings(
-    tmp: Path, smtp_port: int, webhook_url: str, args: argparse.Namespace
-) -> Settings:
+def build_channels(smtp_port: int, webhook_url: str | None = None) -> ChannelSet:
+    """Every channel on (WeCom with a webhook URL), pointed at the loopback servers, the WeCom
+    limiter out of the way."""
+    return ChannelSet(
+        CHANNELS,
+        {
+            "system": ChannelSettings(_env_file=None),
+            "email": EmailSettings(
+                _env_file=None,
+                enabled=True,
+                smtp_server="127.0.0.1",
+                smtp_port=smtp_port,
+                security=EmailSecurity.NONE,
+            ),
+            "wecom": WeComSettings(
+                _env_file=None,
+                enabled=webhook_url is not None,
+                webhook_url=SecretStr(webhook_url or ""),
+                allowed_hosts=(webhook_url or "qyapi.weixin.qq.com").split("/cgi-bin", 1)[0],
+                rate_per_minute=UNLIMITED,
+            ),
+        },
+    )
+
+
+def build_settings(tmp: Path, args: argparse.Namespace) -> Settings:
     """Returns the embedded default pointed at the loopback servers, tuned for throughput."""
     return Settings(
         database_url=f"sqlite+aiosqlite:///{tmp}/bench.db",
@@ -55,14 +91,6 @@ def build_settings(
         memory_queue_size=max(10_000, args.notifications * 2),
         metrics_port=-1,
         log_level="WARNING",
-        email_enabled=True,
-        email_smtp_server="127.0.0.1",
-        email_smtp_port=smtp_port,
-        email_security="none",
-        wecom_enabled=True,
-        wecom_webhook_url=webhook_url,
-        wecom_allowed_hosts=webhook_url.split("/cgi-bin", 1)[0],
-        wecom_rate_per_minute=UNLIMITED,
         retry_jitter=0,
         **({"worker_concurrency": args.concurrency} if args.concurrency else {}),
     )
@@ -74,8 +102,6 @@ async def seed_recipients(app: App, shape: Shape) -> list[int]:
     rows = [
         {
             "username": f"bench{i:05d}",
-            "email": f"bench{i:05d}@example.test",
-            "wecom_userid": f"bench{i:05d}",
             "created_at": now,
             "updated_at": now,
         }
@@ -85,6 +111,17 @@ async def seed_recipients(app: App, shape: Shape) -> list[int]:
         await session.execute(insert(Recipient), rows)
         found = (await session.execute(select(col(Recipient.id)))).scalars()
         ids = [rid for rid in found if rid is not None]
+        await session.execute(
+            insert(RecipientContact),
+            [
+                {"recipient_id": rid, "kind": kind, "address": address}
+                for i, rid in enumerate(ids)
+                for kind, address in (
+                    ("email", f"bench{i:05d}@example.test"),
+                    ("wecom_userid", f"bench{i:05d}"),
+                )
+            ],
+        )
         await session.execute(
             insert(NotificationSettings),
             [
@@ -220,13 +257,13 @@ async def deliver(
 
 async def measure_ceilings(app: App, results: Results, tmp: Path, count: int) -> None:
     """Measures the pieces alone, with the same servers, after the pipeline is done."""
-    settings = app.settings
-    host, port = settings.email_smtp_server, settings.email_smtp_port
+    email = app.channels.settings["email"]
+    wecom = app.channels.settings["wecom"]
+    assert isinstance(email, EmailSettings) and isinstance(wecom, WeComSettings)
+    host, port = email.smtp_server, email.smtp_port
     results.ceilings.append(await ceilings.smtp(host, port, count, connections=1))
-    results.ceilings.append(
-        await ceilings.smtp(host, port, count, connections=settings.email_pool_size)
-    )
-    url = settings.wecom_webhook_url.get_secret_value()
+    results.ceilings.append(await ceilings.smtp(host, port, count, connections=email.pool_size))
+    url = wecom.webhook_url.get_secret_value()
     results.ceilings.append(await ceilings.http(url, count, concurrency=8))
     results.ceilings.extend(await ceilings.sqlite(str(tmp / "ceiling.db"), count))
 
@@ -251,9 +288,10 @@ async def run(args: argparse.Namespace, smtp: ServerProcess, wecom: ServerProces
     shape = Shape.for_total(args.notifications, args.recipients)
     with tempfile.TemporaryDirectory(prefix="tocsin-bench-") as name:
         tmp = Path(name)
-        settings = build_settings(tmp, smtp.port, wecom.webhook_url, args)
-        app = App.create(settings)
-        results = Results(shape, setup_of(settings, args))
+        settings = build_settings(tmp, args)
+        channels = build_channels(smtp.port, wecom.webhook_url)
+        app = App.create(settings, channels=channels)
+        results = Results(shape, setup_of(settings, channels, args))
         try:
             await run_pipeline(app, results, args, tmp)
         finally:
@@ -278,8 +316,11 @@ def revision() -> str:
     return f"{head}{' (product code modified)' if dirty else ''}"
 
 
-def setup_of(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+def setup_of(settings: Settings, channels: ChannelSet, args: argparse.Namespace) -> dict[str, Any]:
     """Describes the configuration the figures were measured with."""
+    email = channels.settings["email"]
+    wecom = channels.settings["wecom"]
+    assert isinstance(email, EmailSettings) and isinstance(wecom, WeComSettings)
     return {
         "revision": revision(),
         "database": "SQLite file in a temp dir (WAL, synchronous=NORMAL)",
@@ -291,9 +332,9 @@ def setup_of(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "worker_batch_size": settings.worker_batch_size,
         "producer_batch_size": settings.producer_batch_size,
         "relay_batch_size": settings.relay_batch_size,
-        "email_pool_size": settings.email_pool_size,
-        "wecom_concurrency": settings.wecom_concurrency,
-        "wecom_rate_per_minute": settings.wecom_rate_per_minute,
+        "email_pool_size": email.pool_size,
+        "wecom_concurrency": wecom.concurrency,
+        "wecom_rate_per_minute": wecom.rate_per_minute,
         "servers": "aiosmtpd SmtpSink and WeComRobot, each in its own process on 127.0.0.1",
         "note": RATE_NOTE,
     }

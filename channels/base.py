@@ -1,19 +1,63 @@
-"""The small interface every channel implements, and what a channel is given to render."""
+"""The small interface every channel implements: its settings, contacts, reasons and sending."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from channels.errors import PermanentError, Reason
 from pipeline.outbound import Resolver, system_resolver
 
 if TYPE_CHECKING:
     from pipeline.clock import Clock
-    from pipeline.config import Settings
     from pipeline.db import SessionFactory
+
+
+class ChannelSettings(BaseSettings):
+    """A channel's own settings, read from the environment and `.env` like the core's.
+
+    Each channel declares its fields with their env names (and the seed system's aliases);
+    SecretStr and SecretUrl fields are found by type and redacted everywhere.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+
+S = TypeVar("S", bound=ChannelSettings)
+
+
+@dataclass(frozen=True)
+class SecretParts:
+    """How a secret contact is kept: a public part (shown) and a secret part, stored apart."""
+
+    split: Callable[[str], tuple[str, str]]
+    join: Callable[[str, str], str]
+
+
+@dataclass(frozen=True)
+class Contact:
+    """An address a channel needs from a recipient, named by kind in the recipient's contacts.
+
+    check normalises an address against the channel's settings, or raises ValueError with a
+    one-line reason that never quotes a secret. Channels may share a kind (the WeCom userid).
+    """
+
+    kind: str
+    description: str
+    check: Callable[[str, Any], str]
+    max_length: int = 320
+    secret: SecretParts | None = None
+
+
+# A recipient's addresses by contact kind, secret ones included (never printed).
+Contacts = Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -30,20 +74,9 @@ class Delivery:
     alert_created_at: datetime
     recipient_id: int
     username: str
-    email: str | None = None
-    wecom_userid: str | None = None
-    wecom_webhook: str | None = field(default=None, repr=False)
+    contacts: Contacts = field(default_factory=dict, repr=False)
     # The alert asked to mention everyone (WeCom <@all>); channels honour it on critical only.
     mention_all: bool = False
-
-
-@dataclass(frozen=True)
-class Contacts:
-    """A recipient's addresses, as the producer sees them when it picks channels."""
-
-    email: str | None = None
-    wecom_userid: str | None = None
-    wecom_webhook: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -54,24 +87,31 @@ class ChannelContext:
     clock: Clock
     # How HTTP channels resolve a destination's name once before pinning it (tests map names).
     resolver: Resolver = system_resolver
+    # SEND_TIMEOUT: how long one send may take before it counts as failed.
+    send_timeout: timedelta = timedelta(seconds=30)
 
 
 class ChannelUnavailable(Exception):
     """Raised by from_settings when the channel is disabled or not configured."""
 
 
-class Channel(ABC):
-    """Renders and sends notifications of one kind; raises DeliveryError subclasses on failure."""
+class Channel(ABC, Generic[S]):
+    """Renders and sends notifications of one kind; raises DeliveryError subclasses on failure.
+
+    A channel describes itself: its name, its settings class, the reasons its sends fail with
+    (required: they label its metric series) and the contacts it reads from recipients.
+    """
 
     name: ClassVar[str]
-    # Settings attributes that hold secrets; their values are redacted everywhere.
-    secret_settings: ClassVar[tuple[str, ...]] = ()
+    settings_class: ClassVar[type[ChannelSettings]]
+    reasons: ClassVar[tuple[Reason, ...]]
+    contacts: ClassVar[tuple[Contact, ...]] = ()
     # Push channels wait out quiet hours; the in-app inbox never does.
     deferrable: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: Settings, context: ChannelContext) -> Channel:
+    def from_settings(cls, settings: S, context: ChannelContext) -> Channel[S]:
         """Builds the channel, or raises ChannelUnavailable saying what to configure."""
 
     @classmethod
@@ -99,17 +139,19 @@ class Channel(ABC):
         return None
 
 
-class DisabledChannel(Channel):
+class DisabledChannel(Channel[ChannelSettings]):
     """Stands in for a channel that is off or unconfigured: every send fails as channel_disabled."""
 
     name = "disabled"
+    settings_class = ChannelSettings
+    reasons = (Reason.CHANNEL_DISABLED,)
 
     def __init__(self, channel: str, why: str) -> None:
         self.channel = channel
         self.why = why
 
     @classmethod
-    def from_settings(cls, settings: Settings, context: ChannelContext) -> Channel:
+    def from_settings(cls, settings: ChannelSettings, context: ChannelContext) -> Channel[Any]:
         raise NotImplementedError("DisabledChannel is built by the registry")
 
     def render(self, delivery: Delivery) -> Delivery:

@@ -10,14 +10,25 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
+from enum import StrEnum
 from functools import lru_cache
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiosmtplib
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
-from channels.base import Channel, ChannelContext, ChannelUnavailable, Contacts, Delivery
+from channels.base import (
+    Channel,
+    ChannelContext,
+    ChannelSettings,
+    ChannelUnavailable,
+    Contact,
+    Contacts,
+    Delivery,
+)
 from channels.email_headers import (
     WIRE,
     WIRE_UTF8,
@@ -35,12 +46,55 @@ from channels.errors import (
     classify_smtp,
 )
 from pipeline.clock import Clock
-from pipeline.config import EmailSecurity, Settings
 from pipeline.installation import installation_id
 from pipeline.redact import Redactor
+from pipeline.validation import validate_email
 
 if TYPE_CHECKING:
     from pipeline.db import SessionFactory
+
+
+class EmailSecurity(StrEnum):
+    """How the SMTP connection is protected."""
+
+    STARTTLS = "starttls"
+    SSL = "ssl"
+    NONE = "none"
+
+
+class EmailSettings(ChannelSettings):
+    """EMAIL_*: the SMTP server, its credentials and the sender."""
+
+    enabled: bool = Field(False, validation_alias=AliasChoices("EMAIL_ENABLED"))
+    smtp_server: str = Field("", validation_alias=AliasChoices("EMAIL_SMTP_SERVER"))
+    smtp_port: int = Field(587, ge=1, le=65535, validation_alias=AliasChoices("EMAIL_SMTP_PORT"))
+    username: str = Field("", validation_alias=AliasChoices("EMAIL_USERNAME"))
+    password: SecretStr = Field(SecretStr(""), validation_alias=AliasChoices("EMAIL_PASSWORD"))
+    sender: str = Field("Tocsin <tocsin@localhost>", validation_alias=AliasChoices("EMAIL_FROM"))
+    security: EmailSecurity = Field(
+        EmailSecurity.STARTTLS, validation_alias=AliasChoices("EMAIL_SECURITY")
+    )
+    # AUTH over a connection without TLS sends the password in clear: refused unless asked for.
+    allow_plaintext_auth: bool = Field(
+        False, validation_alias=AliasChoices("EMAIL_ALLOW_PLAINTEXT_AUTH")
+    )
+    pool_size: int = Field(4, ge=1, validation_alias=AliasChoices("EMAIL_POOL_SIZE"))
+
+    @model_validator(mode="after")
+    def _no_clear_password(self) -> EmailSettings:
+        if self.security is EmailSecurity.NONE and self.username and not self.allow_plaintext_auth:
+            raise ValueError(
+                "EMAIL_SECURITY=none with EMAIL_USERNAME would send the password in clear: "
+                "use starttls or ssl, or set EMAIL_ALLOW_PLAINTEXT_AUTH=true"
+            )
+        return self
+
+
+def _check_email(address: str, _settings: Any) -> str:
+    return validate_email(address)
+
+
+EMAIL = Contact("email", "an e-mail address", _check_email, max_length=320)
 
 _DETAIL_MAX = 300
 _FALLBACK_DOMAIN = "tocsin.local"
@@ -163,11 +217,12 @@ class SmtpPool:
             client.close()
 
 
-class EmailChannel(Channel):
+class EmailChannel(Channel[EmailSettings]):
     """Sends notifications as multipart email through the configured SMTP server."""
 
     name = "email"
-    secret_settings = ("email_password",)
+    settings_class = EmailSettings
+    contacts = (EMAIL,)
     reasons: ClassVar[tuple[Reason, ...]] = (
         Reason.SMTP_4XX,
         Reason.SMTP_5XX,
@@ -182,28 +237,35 @@ class EmailChannel(Channel):
         Reason.RENDER_ERROR,
     )
 
-    def __init__(self, settings: Settings, clock: Clock, sessions: SessionFactory) -> None:
+    def __init__(
+        self,
+        settings: EmailSettings,
+        clock: Clock,
+        sessions: SessionFactory,
+        send_timeout: timedelta = timedelta(seconds=30),
+    ) -> None:
         self._settings = settings
+        self._send_timeout = send_timeout
         self._clock = clock
         self._sessions = sessions
         try:
-            self._from: _Mailbox | None = _mailbox("From", sender_mailbox(settings.email_from))
+            self._from: _Mailbox | None = _mailbox("From", sender_mailbox(settings.sender))
         except AddressError:
             self._from = None  # refused at render, so the reason is recorded per notification
-        self._domain = message_id_domain(settings.email_from)
+        self._domain = message_id_domain(settings.sender)
         self._installation: str | None = None
-        self._redact = Redactor([settings.email_password.get_secret_value()])
-        self._pool = SmtpPool(self._new_client, settings.email_pool_size)
+        self._redact = Redactor([settings.password.get_secret_value()])
+        self._pool = SmtpPool(self._new_client, settings.pool_size)
 
     @classmethod
-    def from_settings(cls, settings: Settings, context: ChannelContext) -> EmailChannel:
-        if not settings.email_enabled or not settings.email_smtp_server:
+    def from_settings(cls, settings: EmailSettings, context: ChannelContext) -> EmailChannel:
+        if not settings.enabled or not settings.smtp_server:
             raise ChannelUnavailable("set EMAIL_ENABLED=true and EMAIL_SMTP_SERVER")
-        return cls(settings, context.clock, context.session_factory)
+        return cls(settings, context.clock, context.session_factory, context.send_timeout)
 
     @classmethod
     def reachable(cls, contacts: Contacts) -> bool:
-        return contacts.email is not None
+        return bool(contacts.get(EMAIL.kind))
 
     async def start(self) -> None:
         """Loads this installation's id, which every Message-ID carries."""
@@ -286,13 +348,13 @@ class EmailChannel(Channel):
 
     def _new_client(self) -> aiosmtplib.SMTP:
         settings = self._settings
-        security = settings.email_security
+        security = settings.security
         return aiosmtplib.SMTP(
-            hostname=settings.email_smtp_server,
-            port=settings.email_smtp_port,
-            username=settings.email_username or None,
-            password=settings.email_password.get_secret_value() or None,
-            timeout=settings.send_timeout.total_seconds(),
+            hostname=settings.smtp_server,
+            port=settings.smtp_port,
+            username=settings.username or None,
+            password=settings.password.get_secret_value() or None,
+            timeout=self._send_timeout.total_seconds(),
             use_tls=security is EmailSecurity.SSL,
             start_tls=security is EmailSecurity.STARTTLS,
         )
@@ -317,10 +379,11 @@ def _to(email: str) -> _Mailbox:
 
 
 def _recipient(delivery: Delivery) -> _Mailbox:
-    if delivery.email is None:
+    email = delivery.contacts.get(EMAIL.kind)
+    if email is None:
         raise PermanentError(Reason.NO_CONTACT, f"recipient {delivery.recipient_id} has no email")
     try:
-        return _to(delivery.email)
+        return _to(email)
     except AddressError:
         raise PermanentError(
             Reason.INVALID_ADDRESS, f"recipient {delivery.recipient_id} has an invalid email"

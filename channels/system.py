@@ -7,10 +7,9 @@ from typing import ClassVar
 
 from sqlalchemy import text
 
-from channels.base import Channel, ChannelContext, Delivery
+from channels.base import Channel, ChannelContext, ChannelSettings, Delivery
 from channels.errors import Reason
 from pipeline.batching import GroupCommit
-from pipeline.config import Settings
 from pipeline.models import InboxMessage
 from pipeline.sql import insert_ignoring_duplicates
 
@@ -18,10 +17,11 @@ from pipeline.sql import insert_ignoring_duplicates
 INBOX_ORDER_LOCK = text("SELECT pg_advisory_xact_lock(452823510904)")
 
 
-class SystemChannel(Channel):
+class SystemChannel(Channel[ChannelSettings]):
     """Delivers by inserting an inbox row; a redelivery of the same notification is a no-op."""
 
     name = "system"
+    settings_class = ChannelSettings  # nothing to configure
     deferrable = False
     reasons: ClassVar[tuple[Reason, ...]] = ()
 
@@ -31,7 +31,7 @@ class SystemChannel(Channel):
         self._writes: GroupCommit[dict[str, object]] = GroupCommit(self._insert)
 
     @classmethod
-    def from_settings(cls, settings: Settings, context: ChannelContext) -> SystemChannel:
+    def from_settings(cls, settings: ChannelSettings, context: ChannelContext) -> SystemChannel:
         return cls(context)
 
     def render(self, delivery: Delivery) -> dict[str, object]:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
-from channels.base import Channel, ChannelContext, ChannelUnavailable, Contacts, Delivery
+from channels.base import (
+    Channel,
+    ChannelContext,
+    ChannelSettings,
+    ChannelUnavailable,
+    Contact,
+    Contacts,
+    Delivery,
+    SecretParts,
+)
 from channels.errors import (
     DeliveryError,
     PermanentError,
@@ -21,32 +30,76 @@ from channels.errors import (
     classify_wecom,
     parse_retry_after,
 )
+from channels.http import HTTP_REASONS, json_object, pinned, policy_client, refused, request
 from channels.wecom_markdown import render_markdown
-from channels.wecom_url import check_robot_url, robot_key
+from channels.wecom_url import check_robot_url, robot_key, robot_url, split_robot_url
 from pipeline.clock import Clock
-from pipeline.config import Settings
-from pipeline.outbound import (
-    Destination,
-    PinnedRequest,
-    ResolveFailed,
-    Resolver,
-    UrlRefused,
-    pin,
-    pinned_request,
-    system_resolver,
-)
-from pipeline.redact import Redactor, mask_url
+from pipeline.outbound import AllowList, Destination, Resolver, UrlRefused, system_resolver
+from pipeline.redact import Redactor
+from pipeline.validation import validate_robot_url, validate_wecom_userid
 
 RATE_WINDOW = timedelta(seconds=60)
-
-# Checked in order: ConnectTimeout and the other timeouts are TransportErrors too.
-_TRANSPORT_REASONS: tuple[tuple[type[httpx.HTTPError], Reason], ...] = (
-    (httpx.ConnectTimeout, Reason.CONNECT_TIMEOUT),
-    (httpx.TimeoutException, Reason.TIMEOUT),
-    (httpx.TransportError, Reason.CONNECTION_ERROR),
-)
 NOT_CONFIGURED = (
     "no WeCom webhook configured: set WECOM_WEBHOOK_URL or the recipient's wecom_webhook"
+)
+
+
+class WeComSettings(ChannelSettings):
+    """WECOM_* (the seed system's WECHAT_* names too)."""
+
+    enabled: bool = Field(False, validation_alias=AliasChoices("WECOM_ENABLED", "WECHAT_ENABLED"))
+    webhook_url: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("WECOM_WEBHOOK_URL", "WECHAT_WEBHOOK_URL")
+    )
+    # Hosts the WeCom channels may call (see pipeline/outbound.py for the entry syntax).
+    allowed_hosts: str = Field(
+        "qyapi.weixin.qq.com", validation_alias=AliasChoices("WECOM_ALLOWED_HOSTS")
+    )
+    rate_per_minute: int = Field(20, ge=1, validation_alias=AliasChoices("WECOM_RATE_PER_MINUTE"))
+    concurrency: int = Field(8, ge=1, validation_alias=AliasChoices("WECOM_CONCURRENCY"))
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowlist(cls, value: str) -> str:
+        AllowList.parse(value, "WECOM_ALLOWED_HOSTS")  # raises naming the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _robot(self) -> WeComSettings:
+        # Raised from here, not a field validator, so the error never echoes the secret URL.
+        url = self.webhook_url.get_secret_value()
+        if url:
+            try:
+                check_robot_url(url, self.allowlist)
+            except UrlRefused as exc:
+                raise ValueError(f"WECOM_WEBHOOK_URL is refused: {exc}") from None
+        return self
+
+    @property
+    def allowlist(self) -> AllowList:
+        """The hosts the WeCom channels may call."""
+        return AllowList.parse(self.allowed_hosts, "WECOM_ALLOWED_HOSTS")
+
+
+def _check_userid(userid: str, _settings: Any) -> str:
+    return validate_wecom_userid(userid)
+
+
+def _check_robot(url: str, settings: Any) -> str:
+    return validate_robot_url(url, settings.allowlist)
+
+
+# The userid a mention (<@userid>) and an app message (touser) address.
+WECOM_USERID = Contact(
+    "wecom_userid", "the WeCom userid (mentioned in robot posts)", _check_userid, max_length=64
+)
+# A recipient's own group robot, posted to instead of WECOM_WEBHOOK_URL; its key is a secret.
+WECOM_WEBHOOK = Contact(
+    "wecom_webhook",
+    "an own WeCom robot URL (https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...)",
+    _check_robot,
+    max_length=512,
+    secret=SecretParts(split=split_robot_url, join=robot_url),
 )
 
 
@@ -81,34 +134,14 @@ class SlidingWindowLimiter:
         return None
 
 
-class _MaskUrls(logging.Filter):
-    """Masks webhook keys in httpx's per-request log line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except (TypeError, ValueError):
-            return True  # a malformed record: logging reports it, with no URL of ours
-        record.msg, record.args = mask_url(message), ()
-        return True
-
-
-_MASK_URLS = _MaskUrls()
-
-
-class WeComChannel(Channel):
+class WeComChannel(Channel[WeComSettings]):
     """Posts notifications to a WeCom group robot, per recipient webhook or the global one."""
 
     name = "wecom"
-    secret_settings = ("wecom_webhook_url",)
+    settings_class = WeComSettings
+    contacts = (WECOM_USERID, WECOM_WEBHOOK)
     reasons: ClassVar[tuple[Reason, ...]] = (
-        Reason.CONNECT_TIMEOUT,
-        Reason.TIMEOUT,
-        Reason.CONNECTION_ERROR,
-        Reason.HTTP_429,
-        Reason.HTTP_4XX,
-        Reason.HTTP_5XX,
-        Reason.BAD_RESPONSE,
+        *HTTP_REASONS,
         Reason.WECOM_BUSY,
         Reason.WECOM_6000,
         Reason.WECOM_45009,
@@ -123,36 +156,27 @@ class WeComChannel(Channel):
         Reason.WECOM_OTHER,
         Reason.RATE_LIMITED,
         Reason.CHANNEL_DISABLED,
-        Reason.INVALID_ADDRESS,
-        Reason.URL_REFUSED,
     )
 
     def __init__(
-        self, settings: Settings, clock: Clock, resolver: Resolver = system_resolver
+        self,
+        settings: WeComSettings,
+        clock: Clock,
+        resolver: Resolver = system_resolver,
+        send_timeout: timedelta = timedelta(seconds=30),
     ) -> None:
-        self._default_url = settings.wecom_webhook_url.get_secret_value()
-        self._allow = settings.wecom_allowlist
+        self._default_url = settings.webhook_url.get_secret_value()
+        self._allow = settings.allowlist
         self._resolver = resolver
         self._clock = clock
-        self._limiter = SlidingWindowLimiter(settings.wecom_rate_per_minute)
-        # No proxy from the environment and no redirects: the URL policy decides where we post.
-        self._client = httpx.AsyncClient(
-            trust_env=False,
-            follow_redirects=False,
-            timeout=settings.send_timeout.total_seconds(),
-            limits=httpx.Limits(
-                max_connections=settings.wecom_concurrency,
-                max_keepalive_connections=settings.wecom_concurrency,
-            ),
-        )
-        # httpx logs every request URL at INFO; the key is in that URL.
-        logging.getLogger("httpx").addFilter(_MASK_URLS)
+        self._limiter = SlidingWindowLimiter(settings.rate_per_minute)
+        self._client = policy_client(send_timeout, settings.concurrency)
 
     @classmethod
-    def from_settings(cls, settings: Settings, context: ChannelContext) -> WeComChannel:
-        if not settings.wecom_enabled:
+    def from_settings(cls, settings: WeComSettings, context: ChannelContext) -> WeComChannel:
+        if not settings.enabled:
             raise ChannelUnavailable("set WECOM_ENABLED=true (and WECOM_WEBHOOK_URL)")
-        return cls(settings, context.clock, context.resolver)
+        return cls(settings, context.clock, context.resolver, context.send_timeout)
 
     @classmethod
     def reachable(cls, contacts: Contacts) -> bool:
@@ -160,7 +184,7 @@ class WeComChannel(Channel):
         return True
 
     def render(self, delivery: Delivery) -> WeComPayload:
-        url = delivery.wecom_webhook or self._default_url
+        url = delivery.contacts.get(WECOM_WEBHOOK.kind) or self._default_url
         if not url:
             raise PermanentError(Reason.CHANNEL_DISABLED, NOT_CONFIGURED)
         destination = self._check(url)
@@ -171,7 +195,7 @@ class WeComChannel(Channel):
         try:
             return check_robot_url(url, self._allow)
         except UrlRefused as exc:
-            raise PermanentError(Reason.URL_REFUSED, f"WeCom webhook refused: {exc}") from None
+            raise refused("WeCom webhook", exc) from None
 
     async def send(self, payload: WeComPayload) -> None:
         wait = self._limiter.wait_time(payload.key, self._clock.now())
@@ -179,47 +203,17 @@ class WeComChannel(Channel):
             raise RateLimited(
                 Reason.RATE_LIMITED, "WeCom robot's per-minute budget is spent", retry_after=wait
             )
-        target = await self._pinned(payload.url)
-        try:
-            response = await self._client.post(
-                target.url,
-                json=payload.body,
-                headers=target.headers,
-                extensions=target.extensions,
-            )
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            error: DeliveryError | None = transport_error(exc)
-        else:
-            error = classify_response(response, Redactor([payload.url, payload.key]))
-        # Raised outside the except block: httpx exceptions carry the URL, so none is chained.
+        target = await pinned(payload.url, self._check_url, self._resolver, "WeCom webhook")
+        response = await request(self._client, "POST", target, json=payload.body)
+        error = classify_response(response, Redactor([payload.url, payload.key]))
         if error is not None:
             raise error
 
-    async def _pinned(self, url: str) -> PinnedRequest:
-        """Checks url again and resolves it once, so the post reaches the address checked."""
-        destination = self._check(url)
-        try:
-            address = await pin(destination, self._resolver)
-        except UrlRefused as exc:
-            raise PermanentError(Reason.URL_REFUSED, f"WeCom webhook refused: {exc}") from None
-        except ResolveFailed as exc:
-            raise TransientError(Reason.CONNECTION_ERROR, str(exc)) from None
-        return pinned_request(destination, address)
+    def _check_url(self, url: str) -> Destination:
+        return check_robot_url(url, self._allow)
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def transport_error(exc: httpx.HTTPError | httpx.InvalidURL) -> DeliveryError:
-    """Maps an httpx failure to an error naming only its class (httpx messages hold the URL)."""
-    detail = type(exc).__name__
-    if isinstance(exc, httpx.InvalidURL):
-        return PermanentError(Reason.INVALID_ADDRESS, detail)
-    for kind, reason in _TRANSPORT_REASONS:
-        if isinstance(exc, kind):
-            return TransientError(reason, detail)
-    # DecodingError and friends: the robot answered, but not in a form we can read.
-    return TransientError(Reason.BAD_RESPONSE, detail)
 
 
 def classify_response(response: httpx.Response, redact: Redactor) -> DeliveryError | None:
@@ -238,11 +232,8 @@ def classify_response(response: httpx.Response, redact: Redactor) -> DeliveryErr
 
 
 def _errcode(response: httpx.Response) -> tuple[int, str] | None:
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
+    data = json_object(response)
+    if data is None:
         return None
     errcode, errmsg = data.get("errcode"), data.get("errmsg", "")
     if not isinstance(errcode, int) or isinstance(errcode, bool):

@@ -132,10 +132,11 @@ def mention_line(delivery: Delivery) -> str:
 
 def _mentionable(delivery: Delivery) -> str | None:
     """Returns the recipient's userid if it is valid, checked again: the row may predate checks."""
-    if not delivery.wecom_userid:
+    userid = delivery.contacts.get("wecom_userid")
+    if not userid:
         return None
     try:
-        return validate_wecom_userid(delivery.wecom_userid)
+        return validate_wecom_userid(userid)
     except InputError:
         # The group still sees the alert, without the mention; the value itself is not logged.
         log.warning(

@@ -40,12 +40,11 @@ def robot_url(origin: str, key: str) -> str:
     return f"{origin}{ROBOT_PATH}?key={key}"
 
 
-def stored_robot_url(origin: str | None, key: str | None) -> str | None:
-    """Returns the URL of a recipient's stored robot, or None when they have none.
+def split_robot_url(url: str) -> tuple[str, str]:
+    """Returns (origin, key) of a robot URL that check_robot_url allowed, to store apart.
 
-    A row with an origin and no usable key (a URL the migration could not split, or a row
-    written by others) still yields a URL, which the send-time policy then refuses.
+    A URL that was not checked splits into something robot_url() joins back to a URL the
+    send-time policy refuses, never into a usable destination it did not check.
     """
-    if origin is None and key is None:
-        return None
-    return robot_url(origin or "", key or "")
+    head, _, key = url.partition("?key=")
+    return head.removesuffix(ROBOT_PATH), key

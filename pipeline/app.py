@@ -1,4 +1,8 @@
-"""Wires one process's parts together from settings: database, queue, channels, stages, metrics."""
+"""Wires one process's parts together from settings: database, queue, channels, stages, metrics.
+
+This is the composition root: the one place that reads the channel registry. Everything below
+is handed the ChannelSet it works with.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from channels.base import Channel, ChannelContext
-from channels.registry import CHANNEL_NAMES, CHANNELS, build_channels, channel_reasons
+from channels.registry import CHANNELS
 from monitoring.metrics import Metrics
 from pipeline.alerts import AlertInput, Ingested, ingest_alert
+from pipeline.channel_set import ChannelSet
 from pipeline.clock import Clock, SystemClock
 from pipeline.config import DispatchFallback, Settings
 from pipeline.db import SessionFactory, create_engine, session_factory
@@ -29,9 +35,14 @@ from workers.retry import RetryPolicy
 from workers.worker import Worker, WorkerConfig
 
 
-def secrets_of(settings: Settings) -> list[str]:
+def registered_channels() -> ChannelSet:
+    """Every registered channel with its settings from the environment (ValidationError if bad)."""
+    return ChannelSet.load(CHANNELS)
+
+
+def secrets_of(settings: Settings, channels: ChannelSet | None = None) -> list[str]:
     """Returns every configured secret value, for redaction (found by type, not by name)."""
-    return secret_values(settings)
+    return secret_values(settings) + (channels.secrets() if channels is not None else [])
 
 
 @dataclass
@@ -39,6 +50,7 @@ class App:
     """One process's shared parts; close it when done."""
 
     settings: Settings
+    channels: ChannelSet
     clock: Clock
     engine: AsyncEngine
     sessions: SessionFactory
@@ -46,31 +58,37 @@ class App:
     metrics: Metrics
     policy: RetryPolicy
     redact: Redactor
-    _channels: list[Channel] = field(default_factory=list)
+    _built: list[Channel[Any]] = field(default_factory=list)
 
     @classmethod
     def create(
         cls,
         settings: Settings,
         *,
+        channels: ChannelSet | None = None,
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
         queue: Queue | None = None,
         policy: RetryPolicy | None = None,
     ) -> App:
-        """Builds the parts (nothing connects until used); registry defaults to a private one."""
+        """Builds the parts (nothing connects until used); registry defaults to a private one.
+
+        channels default to every registered channel, configured from the environment.
+        """
+        channels = channels or registered_channels()
         engine = create_engine(settings)
         metrics = Metrics(registry or CollectorRegistry())
-        metrics.initialize(channel_reasons(), [job.id for job in declared_jobs(settings)])
+        metrics.initialize(channels.reasons(), [job.id for job in declared_jobs(settings)])
         return cls(
             settings=settings,
+            channels=channels,
             clock=clock or SystemClock(),
             engine=engine,
             sessions=session_factory(engine),
-            queue=queue or open_queue(settings),
+            queue=queue or open_queue(settings, channels.names),
             metrics=metrics,
             policy=policy or RetryPolicy.from_settings(settings),
-            redact=Redactor(secrets_of(settings)),
+            redact=Redactor(secrets_of(settings, channels)),
         )
 
     def producer(self) -> Producer:
@@ -79,7 +97,7 @@ class App:
             self.sessions,
             self.clock,
             self.metrics,
-            CHANNELS,
+            self.channels,
             self.settings.producer_batch_size,
             self.settings.dedup_window,
         )
@@ -116,7 +134,7 @@ class App:
 
     def observer(self) -> Observer:
         """Returns the observer that keeps the backlog and queue gauges current."""
-        return Observer(self.sessions, self.queue, self.clock, self.metrics, CHANNEL_NAMES)
+        return Observer(self.sessions, self.queue, self.clock, self.metrics, self.channels.names)
 
     def relay(self) -> Relay:
         """Returns the relay; with DISPATCH_FALLBACK=inline it delivers while the broker is down."""
@@ -132,10 +150,10 @@ class App:
         concurrency: int | None = None,
     ) -> Worker:
         """Returns a worker for the named channels (all by default)."""
-        names = list(channels or CHANNEL_NAMES)
-        context = ChannelContext(self.sessions, self.clock)
-        built = build_channels(self.settings, context, names)
-        self._channels.extend(built.values())
+        names = list(channels or self.channels.names)
+        context = ChannelContext(self.sessions, self.clock, send_timeout=self.settings.send_timeout)
+        built = self.channels.build(context, names)
+        self._built.extend(built.values())
         config = WorkerConfig(
             name=f"{socket.gethostname()}:{os.getpid()}",
             concurrency=concurrency or self.settings.worker_concurrency,
@@ -149,6 +167,7 @@ class App:
             sessions=self.sessions,
             queue=self.queue,
             channels=built,
+            catalog=self.channels,
             clock=self.clock,
             policy=self.policy,
             metrics=self.metrics,
@@ -162,7 +181,7 @@ class App:
 
     async def aclose(self) -> None:
         """Closes channels, the queue and the database engine."""
-        for channel in self._channels:
+        for channel in self._built:
             await channel.aclose()
         await self.queue.close()
         await self.engine.dispose()

@@ -1,4 +1,7 @@
-"""One settings object for every process, read from the environment and `.env`."""
+"""The core settings of every process, read from the environment and `.env`.
+
+Each channel reads its own settings (channels/<name>.py); see pipeline/channel_set.py.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,10 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from channels.wecom_url import check_robot_url
 from pipeline.durations import parse_duration, parse_schedule
-from pipeline.outbound import AllowList, UrlRefused
 from pipeline.secret_url import SecretUrl
 
 
@@ -19,14 +20,6 @@ class DispatchFallback(StrEnum):
     """What the relay does while the broker refuses messages."""
 
     INLINE = "inline"
-    NONE = "none"
-
-
-class EmailSecurity(StrEnum):
-    """How the SMTP connection is protected."""
-
-    STARTTLS = "starttls"
-    SSL = "ssl"
     NONE = "none"
 
 
@@ -157,32 +150,6 @@ class Settings(BaseSettings):
         timedelta(seconds=25), validation_alias=_env("SHUTDOWN_GRACE")
     )
 
-    email_enabled: bool = Field(False, validation_alias=_env("EMAIL_ENABLED"))
-    email_smtp_server: str = Field("", validation_alias=_env("EMAIL_SMTP_SERVER"))
-    email_smtp_port: int = Field(587, ge=1, le=65535, validation_alias=_env("EMAIL_SMTP_PORT"))
-    email_username: str = Field("", validation_alias=_env("EMAIL_USERNAME"))
-    email_password: SecretStr = Field(SecretStr(""), validation_alias=_env("EMAIL_PASSWORD"))
-    email_from: str = Field("Tocsin <tocsin@localhost>", validation_alias=_env("EMAIL_FROM"))
-    email_security: EmailSecurity = Field(
-        EmailSecurity.STARTTLS, validation_alias=_env("EMAIL_SECURITY")
-    )
-    # AUTH over a connection without TLS sends the password in clear: refused unless asked for.
-    email_allow_plaintext_auth: bool = Field(
-        False, validation_alias=_env("EMAIL_ALLOW_PLAINTEXT_AUTH")
-    )
-    email_pool_size: int = Field(4, ge=1, validation_alias=_env("EMAIL_POOL_SIZE"))
-
-    wecom_enabled: bool = Field(False, validation_alias=_env("WECOM_ENABLED", "WECHAT_ENABLED"))
-    wecom_webhook_url: SecretStr = Field(
-        SecretStr(""), validation_alias=_env("WECOM_WEBHOOK_URL", "WECHAT_WEBHOOK_URL")
-    )
-    # Hosts the WeCom channel may post to (see pipeline/outbound.py for the entry syntax).
-    wecom_allowed_hosts: str = Field(
-        "qyapi.weixin.qq.com", validation_alias=_env("WECOM_ALLOWED_HOSTS")
-    )
-    wecom_rate_per_minute: int = Field(20, ge=1, validation_alias=_env("WECOM_RATE_PER_MINUTE"))
-    wecom_concurrency: int = Field(8, ge=1, validation_alias=_env("WECOM_CONCURRENCY"))
-
     @field_validator(
         "relay_interval",
         "queue_lease",
@@ -216,34 +183,6 @@ class Settings(BaseSettings):
     @classmethod
     def _schedule(cls, value: object) -> object:
         return parse_schedule(value) if isinstance(value, str) else value
-
-    @field_validator("wecom_allowed_hosts")
-    @classmethod
-    def _allowlist(cls, value: str) -> str:
-        AllowList.parse(value, "WECOM_ALLOWED_HOSTS")  # raises naming the bad entry
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        # Raised from here, not a field validator, so the error never echoes the secret URL.
-        url = self.wecom_webhook_url.get_secret_value()
-        if url:
-            try:
-                check_robot_url(url, self.wecom_allowlist)
-            except UrlRefused as exc:
-                raise ValueError(f"WECOM_WEBHOOK_URL is refused: {exc}") from None
-        plaintext = self.email_security is EmailSecurity.NONE
-        if plaintext and self.email_username and not self.email_allow_plaintext_auth:
-            raise ValueError(
-                "EMAIL_SECURITY=none with EMAIL_USERNAME would send the password in clear: "
-                "use starttls or ssl, or set EMAIL_ALLOW_PLAINTEXT_AUTH=true"
-            )
-        return self
-
-    @property
-    def wecom_allowlist(self) -> AllowList:
-        """The hosts the WeCom channel may call."""
-        return AllowList.parse(self.wecom_allowed_hosts, "WECOM_ALLOWED_HOSTS")
 
     @property
     def queue_scheme(self) -> str:

@@ -82,14 +82,23 @@ class Recipient(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
-    email: str | None = Field(default=None, sa_column=Column(String(320)))
-    wecom_userid: str | None = Field(default=None, sa_column=Column(String(64)))
-    # A recipient's own WeCom robot, kept apart: the origin (scheme://host[:port]) is shown,
-    # the key is the credential and is masked in every view.
-    wecom_webhook_origin: str | None = Field(default=None, sa_column=Column(String(256)))
-    wecom_webhook_key: str | None = Field(default=None, sa_column=Column(String(128)))
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
+
+
+class RecipientContact(SQLModel, table=True):
+    """One address of a recipient, by the contact kind a channel declares (email, ...).
+
+    A secret contact (a robot URL with its key) keeps its secret part apart: address holds
+    what may be shown, secret what is masked in every view.
+    """
+
+    __tablename__ = "recipient_contacts"
+
+    recipient_id: int = Field(foreign_key="recipients.id", primary_key=True)
+    kind: str = Field(sa_column=Column(String(32), primary_key=True))
+    address: str = Field(sa_column=Column(String(512), nullable=False))
+    secret: str | None = Field(default=None, sa_column=Column(String(256)))
 
 
 class NotificationSettings(SQLModel, table=True):

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from channels.base import Contacts
-from channels.registry import DEFAULT_CHANNELS
-from channels.wecom_url import stored_robot_url
 from pipeline.models import NotificationSettings, Recipient
 from pipeline.quiet_hours import QuietHours
 
@@ -22,9 +20,11 @@ class RecipientView:
     quiet_hours: QuietHours | None
 
 
-def enabled_channels(settings: NotificationSettings | None) -> frozenset[str]:
+def enabled_channels(
+    settings: NotificationSettings | None, defaults: frozenset[str]
+) -> frozenset[str]:
     """Returns the recipient's enabled channels; no settings row means the defaults."""
-    return settings.channel_set if settings is not None else DEFAULT_CHANNELS
+    return settings.channel_set if settings is not None else defaults
 
 
 def quiet_hours_of(settings: NotificationSettings | None) -> QuietHours | None:
@@ -34,16 +34,17 @@ def quiet_hours_of(settings: NotificationSettings | None) -> QuietHours | None:
     return QuietHours.parse(f"{settings.quiet_start}-{settings.quiet_end}", settings.timezone)
 
 
-def recipient_view(recipient: Recipient, settings: NotificationSettings | None) -> RecipientView:
-    """Combines a recipient row and its optional settings row."""
+def recipient_view(
+    recipient: Recipient,
+    settings: NotificationSettings | None,
+    contacts: Contacts,
+    defaults: frozenset[str],
+) -> RecipientView:
+    """Combines a recipient row, its optional settings row and its addresses."""
     return RecipientView(
         id=recipient.id or 0,
         username=recipient.username,
-        contacts=Contacts(
-            recipient.email,
-            recipient.wecom_userid,
-            stored_robot_url(recipient.wecom_webhook_origin, recipient.wecom_webhook_key),
-        ),
-        channels=enabled_channels(settings),
+        contacts=contacts,
+        channels=enabled_channels(settings, defaults),
         quiet_hours=quiet_hours_of(settings),
     )

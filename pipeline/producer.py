@@ -12,10 +12,11 @@ from sqlalchemy import func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
-from channels.base import Channel
 from channels.errors import Reason
 from monitoring.metrics import Metrics
+from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.clock import Clock
+from pipeline.contacts import load_contacts, usable
 from pipeline.db import SessionFactory
 from pipeline.models import (
     Alert,
@@ -112,13 +113,13 @@ def apply_dedup(candidates: Sequence[Candidate], repeats: Mapping[int, int]) -> 
 
 
 def apply_preferences(
-    candidates: Sequence[Candidate], channels: Mapping[str, type[Channel]]
+    candidates: Sequence[Candidate], channels: Mapping[str, ChannelClass]
 ) -> list[Candidate]:
     """Suppresses channels the recipient turned off or cannot be reached on."""
     return [_preference(c, channels[c.channel]) if c.open else c for c in candidates]
 
 
-def _preference(candidate: Candidate, channel: type[Channel]) -> Candidate:
+def _preference(candidate: Candidate, channel: ChannelClass) -> Candidate:
     if candidate.channel not in candidate.recipient.channels:
         return replace(candidate, state=State.SUPPRESSED, reason=Reason.OPTED_OUT)
     if not channel.reachable(candidate.recipient.contacts):
@@ -146,13 +147,13 @@ def alert_suppression(alert: Alert, now: datetime) -> Reason | None:
 
 
 def apply_quiet_hours(
-    candidates: Sequence[Candidate], channels: Mapping[str, type[Channel]], now: datetime
+    candidates: Sequence[Candidate], channels: Mapping[str, ChannelClass], now: datetime
 ) -> list[Candidate]:
     """Defers push notifications that fall in the recipient's quiet hours to the window's end."""
     return [_quiet(c, channels[c.channel], now) if c.open else c for c in candidates]
 
 
-def _quiet(candidate: Candidate, channel: type[Channel], now: datetime) -> Candidate:
+def _quiet(candidate: Candidate, channel: ChannelClass, now: datetime) -> Candidate:
     quiet = candidate.recipient.quiet_hours
     if quiet is None or not channel.deferrable or candidate.alert.severity == Severity.CRITICAL:
         return candidate
@@ -168,7 +169,7 @@ class Producer:
         session_factory: SessionFactory,
         clock: Clock,
         metrics: Metrics,
-        channels: Mapping[str, type[Channel]],
+        channels: ChannelSet,
         batch_size: int = 50,
         dedup_window: timedelta = timedelta(hours=1),
     ) -> None:
@@ -231,13 +232,13 @@ class Producer:
             recipients = await self._recipients(session, [a.id for a in alerts if a.id])
             candidates: list[Candidate] = []
             for alert in alerts:
-                candidates += expand(alert, recipients.get(alert.id or 0, []), list(self._channels))
+                candidates += expand(alert, recipients.get(alert.id or 0, []), self._channels.names)
             candidates = apply_content_check(candidates)
             repeats = await self._repeats(session, alerts)
             candidates = apply_dedup(candidates, repeats)
             candidates = apply_alert_state(candidates, now)
-            candidates = apply_preferences(candidates, self._channels)
-            candidates = apply_quiet_hours(candidates, self._channels, now)
+            candidates = apply_preferences(candidates, self._channels.classes)
+            candidates = apply_quiet_hours(candidates, self._channels.classes, now)
             created = await self._persist(session, candidates, now)
             await session.execute(
                 update(Alert)
@@ -315,9 +316,13 @@ class Producer:
             .where(col(AlertRecipient.alert_id).in_(alert_ids))
             .order_by(col(AlertRecipient.alert_id), col(Recipient.id))
         )
+        rows = list(await session.execute(statement))
+        stored = await load_contacts(session, {recipient.id for _, recipient, _ in rows})
         by_alert: dict[int, list[RecipientView]] = {}
-        for alert_id, recipient, settings in await session.execute(statement):
-            by_alert.setdefault(alert_id, []).append(recipient_view(recipient, settings))
+        for alert_id, recipient, settings in rows:
+            contacts = usable(stored.get(recipient.id, {}), self._channels)
+            view = recipient_view(recipient, settings, contacts, self._channels.defaults)
+            by_alert.setdefault(alert_id, []).append(view)
         return by_alert
 
     async def _persist(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from channels.registry import CHANNEL_NAMES
-from channels.wecom_url import check_robot_url, robot_key, robot_url
+from pipeline.channel_set import BoundContact, ChannelSet
 from pipeline.clock import Clock
+from pipeline.contacts import StoredContacts, load_contacts, shown, store_contacts
 from pipeline.db import SessionFactory
 from pipeline.models import (
     AlertRecipient,
@@ -22,19 +22,10 @@ from pipeline.models import (
     Notification,
     NotificationSettings,
     Recipient,
+    RecipientContact,
 )
-from pipeline.outbound import AllowList
 from pipeline.quiet_hours import QuietHours
-from pipeline.redact import MASK
-from pipeline.validation import (
-    InputError,
-    validate_channels,
-    validate_email,
-    validate_robot_url,
-    validate_timezone,
-    validate_username,
-    validate_wecom_userid,
-)
+from pipeline.validation import InputError, validate_timezone, validate_username
 
 # At most this many users in one bulk upsert (one transaction).
 BULK_MAX = 10_000
@@ -47,9 +38,8 @@ class RecipientInput:
     """A user as given on the command line or the API; None means "leave as it is"."""
 
     username: str
-    email: str | None = None
-    wecom_userid: str | None = None
-    wecom_webhook: str | None = None
+    # Addresses by contact kind (email, wecom_userid, ...): "" removes one, absent keeps it.
+    contacts: Mapping[str, str] = field(default_factory=dict, repr=False)
     timezone: str | None = None
     quiet_hours: str | None = None
     channels: str | None = None
@@ -61,11 +51,8 @@ class RecipientRecord:
 
     id: int
     username: str
-    email: str | None
-    wecom_userid: str | None
-    has_own_webhook: bool
-    # The recipient's own robot with its key masked, e.g. https://host/cgi-bin/webhook/send?key=***
-    wecom_webhook: str | None
+    # Addresses by kind; a secret one with its secret part masked, e.g. a robot URL ?key=***
+    contacts: dict[str, str]
     channels: list[str]
     timezone: str
     quiet_hours: str | None
@@ -113,7 +100,7 @@ def _given(value: str | None, check: Callable[[str], str]) -> str | None:
     return check(value)
 
 
-def _validated(data: RecipientInput, webhook_allow: AllowList) -> RecipientInput:
+def _validated(data: RecipientInput, channels: ChannelSet) -> RecipientInput:
     """Returns data with every given field checked and normalised, or raises InputError."""
     if data.timezone is not None and not data.timezone.strip():
         raise InputError("timezone must not be empty: use an IANA name such as Asia/Shanghai")
@@ -124,25 +111,34 @@ def _validated(data: RecipientInput, webhook_allow: AllowList) -> RecipientInput
         QuietHours.parse(data.quiet_hours, timezone or "UTC")
     return RecipientInput(
         username=validate_username(data.username),
-        email=_given(data.email, validate_email),
-        wecom_userid=_given(data.wecom_userid, validate_wecom_userid),
-        wecom_webhook=_given(
-            data.wecom_webhook, lambda url: validate_robot_url(url, webhook_allow)
-        ),
+        contacts=_checked_contacts(data.contacts, channels.contacts),
         timezone=timezone,
         quiet_hours=_given(data.quiet_hours, str.strip),
-        channels=",".join(sorted(validate_channels(data.channels))) if data.channels else None,
+        channels=",".join(sorted(channels.parse(data.channels))) if data.channels else None,
     )
 
 
+def _checked_contacts(
+    given: Mapping[str, str], kinds: Mapping[str, BoundContact]
+) -> dict[str, str]:
+    checked: dict[str, str] = {}
+    for kind, address in given.items():
+        bound = kinds.get(kind)
+        if bound is None:
+            raise InputError(f"unknown contact {kind[:40]!r}: choose from {', '.join(kinds)}")
+        checked[kind] = _given(address, bound.check) or ""
+    return checked
+
+
 async def upsert_recipient(
-    sessions: SessionFactory, clock: Clock, data: RecipientInput, webhook_allow: AllowList
+    sessions: SessionFactory, clock: Clock, data: RecipientInput, channels: ChannelSet
 ) -> RecipientRecord:
     """Creates the recipient or updates the fields given; returns what is now stored.
 
-    A robot webhook must pass the WeCom URL policy (webhook_allow) to be saved at all.
+    Each contact is checked by the channel that declares its kind (a robot URL must pass the
+    WeCom URL policy to be saved at all).
     """
-    record, _created = await save_recipient(sessions, clock, data, webhook_allow)
+    record, _created = await save_recipient(sessions, clock, data, channels)
     return record
 
 
@@ -150,14 +146,14 @@ async def save_recipient(
     sessions: SessionFactory,
     clock: Clock,
     data: RecipientInput,
-    webhook_allow: AllowList,
+    channels: ChannelSet,
     *,
     create: bool = True,
 ) -> tuple[RecipientRecord, bool]:
     """Updates the fields given (creating the recipient unless create is False); returns
     what is now stored and whether it was created. Raises UnknownRecipient or InputError.
     """
-    data = _validated(data, webhook_allow)
+    data = _validated(data, channels)
     for attempt in range(2):
         try:
             async with sessions() as session, session.begin():
@@ -165,7 +161,7 @@ async def save_recipient(
                 recipient, settings = found.get(data.username, (None, None))
                 if recipient is None and not create:
                     raise UnknownRecipient(f"no user {data.username!r}")
-                stored = await _store(session, [(data, recipient, settings)], webhook_allow, clock)
+                stored = await _store(session, [(data, recipient, settings)], channels, clock)
                 return stored[0], recipient is None
         except IntegrityError:
             # Created by someone else since we looked: the second pass finds and updates it.
@@ -178,7 +174,7 @@ async def upsert_recipients(
     sessions: SessionFactory,
     clock: Clock,
     entries: Sequence[RecipientInput],
-    webhook_allow: AllowList,
+    channels: ChannelSet,
 ) -> BulkReport:
     """Creates or updates many recipients in one transaction: all of them, or none.
 
@@ -187,7 +183,7 @@ async def upsert_recipients(
     """
     if len(entries) > BULK_MAX:
         raise InputError(f"{len(entries)} users in one request: the limit is {BULK_MAX}")
-    valid = check_recipients(entries, webhook_allow)
+    valid = check_recipients(entries, channels)
     for attempt in range(2):
         try:
             async with sessions() as session, session.begin():
@@ -199,7 +195,7 @@ async def upsert_recipients(
                     (data, *found[data.username]) if data.username in found else (data, None, None)
                     for data in valid
                 ]
-                await _store(session, work, webhook_allow, clock)
+                await _store(session, work, channels, clock)
                 return BulkReport(created=len(valid) - len(found), updated=len(found))
         except IntegrityError:
             if attempt:
@@ -209,7 +205,7 @@ async def upsert_recipients(
 
 def check_recipients(
     entries: Sequence[RecipientInput],
-    webhook_allow: AllowList,
+    channels: ChannelSet,
     positions: Sequence[int] | None = None,
 ) -> list[RecipientInput]:
     """Returns every entry validated, or raises BulkRejected listing each invalid one by index.
@@ -227,7 +223,7 @@ def check_recipients(
             continue
         first_index[name] = index
         try:
-            valid.append(_validated(entry, webhook_allow))
+            valid.append(_validated(entry, channels))
         except InputError as exc:
             errors.append(EntryError(index, str(exc)))
     if errors:
@@ -255,7 +251,7 @@ _Work = tuple[RecipientInput, Recipient | None, NotificationSettings | None]
 async def _store(
     session: AsyncSession,
     work: list[_Work],
-    webhook_allow: AllowList,
+    channels: ChannelSet,
     clock: Clock,
 ) -> list[RecipientRecord]:
     """Writes validated entries over their current rows (None: new); returns the records."""
@@ -263,38 +259,35 @@ async def _store(
     recipients = []
     for data, current, _settings in work:
         recipient = current or Recipient(username=data.username, created_at=now)
-        _apply_contacts(recipient, data, webhook_allow, now)
+        recipient.updated_at = now
         recipients.append(recipient)
     session.add_all(recipients)
     await session.flush()  # new recipients get their ids
-    records = []
-    for (data, _recipient, settings), recipient in zip(work, recipients, strict=True):
-        merged = _merge_settings(settings, recipient.id or 0, data, now)
-        session.add(merged)
-        records.append(_record(recipient, merged))
+    merged = [
+        _merge_settings(settings, recipient.id or 0, data, channels, now)
+        for (data, _recipient, settings), recipient in zip(work, recipients, strict=True)
+    ]
+    given = {r.id or 0: data.contacts for (data, _, _), r in zip(work, recipients, strict=True)}
+    await store_contacts(session, given, channels)
+    session.add_all(merged)
     await session.flush()
-    return records
-
-
-def _apply_contacts(
-    recipient: Recipient, data: RecipientInput, webhook_allow: AllowList, now: datetime
-) -> None:
-    for name in ("email", "wecom_userid"):
-        if getattr(data, name) is not None:
-            setattr(recipient, name, getattr(data, name) or None)  # "" clears
-    if data.wecom_webhook is not None:
-        recipient.wecom_webhook_origin, recipient.wecom_webhook_key = _split_robot(
-            data.wecom_webhook, webhook_allow
-        )
-    recipient.updated_at = now
+    stored = await load_contacts(session, [r.id or 0 for r in recipients])
+    return [
+        _record(recipient, settings, stored.get(recipient.id or 0, {}), channels)
+        for recipient, settings in zip(recipients, merged, strict=True)
+    ]
 
 
 def _merge_settings(
-    settings: NotificationSettings | None, recipient_id: int, data: RecipientInput, now: datetime
+    settings: NotificationSettings | None,
+    recipient_id: int,
+    data: RecipientInput,
+    channels: ChannelSet,
+    now: datetime,
 ) -> NotificationSettings:
     if settings is None:
         settings = NotificationSettings(
-            recipient_id=recipient_id, channels=",".join(CHANNEL_NAMES), updated_at=now
+            recipient_id=recipient_id, channels=",".join(channels.names), updated_at=now
         )
     if data.channels is not None:
         settings.channels = data.channels
@@ -309,15 +302,12 @@ def _merge_settings(
     return settings
 
 
-def _split_robot(url: str, allow: AllowList) -> tuple[str | None, str | None]:
-    """Returns (origin, key) of a checked robot URL; "" clears both."""
-    if not url:
-        return None, None
-    destination = check_robot_url(url, allow)
-    return destination.origin, robot_key(destination.query)
-
-
-def _record(recipient: Recipient, settings: NotificationSettings | None) -> RecipientRecord:
+def _record(
+    recipient: Recipient,
+    settings: NotificationSettings | None,
+    stored: StoredContacts,
+    channels: ChannelSet,
+) -> RecipientRecord:
     quiet = (
         f"{settings.quiet_start}-{settings.quiet_end}"
         if settings and settings.quiet_start
@@ -326,22 +316,19 @@ def _record(recipient: Recipient, settings: NotificationSettings | None) -> Reci
     return RecipientRecord(
         id=recipient.id or 0,
         username=recipient.username,
-        email=recipient.email,
-        wecom_userid=recipient.wecom_userid,
-        has_own_webhook=bool(recipient.wecom_webhook_key),
-        wecom_webhook=(
-            robot_url(recipient.wecom_webhook_origin, MASK)
-            if recipient.wecom_webhook_origin and recipient.wecom_webhook_key
-            else None
-        ),
-        channels=sorted(settings.channel_set) if settings else sorted(CHANNEL_NAMES),
+        contacts=shown(stored, channels),
+        channels=sorted(settings.channel_set if settings else channels.defaults),
         timezone=settings.timezone if settings else "UTC",
         quiet_hours=quiet,
     )
 
 
 async def list_recipients(
-    sessions: SessionFactory, *, after: str | None = None, limit: int | None = None
+    sessions: SessionFactory,
+    channels: ChannelSet,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
 ) -> list[RecipientRecord]:
     """Returns recipients with their settings by username: those after `after`, at most limit."""
     statement = (
@@ -355,17 +342,25 @@ async def list_recipients(
     if after is not None:
         statement = statement.where(col(Recipient.username) > after)
     async with sessions() as session:
-        rows = await session.execute(statement)
-        return [_record(recipient, settings) for recipient, settings in rows]
+        rows = list(await session.execute(statement))
+        stored = await load_contacts(session, [recipient.id or 0 for recipient, _ in rows])
+    return [
+        _record(recipient, settings, stored.get(recipient.id or 0, {}), channels)
+        for recipient, settings in rows
+    ]
 
 
-async def get_recipient(sessions: SessionFactory, username: str) -> RecipientRecord | None:
+async def get_recipient(
+    sessions: SessionFactory, channels: ChannelSet, username: str
+) -> RecipientRecord | None:
     """Returns one recipient with its settings, or None."""
     async with sessions() as session:
         found = await _existing(session, [username])
-    if username not in found:
-        return None
-    return _record(*found[username])
+        if username not in found:
+            return None
+        recipient, settings = found[username]
+        stored = await load_contacts(session, [recipient.id or 0])
+    return _record(recipient, settings, stored.get(recipient.id or 0, {}), channels)
 
 
 # What may refer to a recipient, named for the message that refuses to remove it.
@@ -398,11 +393,8 @@ async def delete_recipient(sessions: SessionFactory, username: str) -> None:
                     uses.append(f"{count} {label}")
             if uses:
                 raise RecipientInUse(_in_use(username, ", ".join(uses)))
-            await session.execute(
-                delete(NotificationSettings).where(
-                    col(NotificationSettings.recipient_id) == recipient_id
-                )
-            )
+            for owned in (NotificationSettings, RecipientContact):
+                await session.execute(delete(owned).where(col(owned.recipient_id) == recipient_id))
             await session.execute(delete(Recipient).where(col(Recipient.id) == recipient_id))
     except IntegrityError:
         # Referred to since we counted (a new alert for them): it stays, as above.

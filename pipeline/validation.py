@@ -183,21 +183,6 @@ def validate_dedup_key(text: str) -> str:
     return key
 
 
-def validate_channels(text: str) -> frozenset[str]:
-    """Returns the channel names in "system,email", or raises InputError naming the allowed ones."""
-    # Imported here: the registry imports every channel module, which the other validators
-    # (and the quiet-hours module, through this one) have no need of.
-    from channels.registry import CHANNEL_NAMES, parse_channels
-
-    try:
-        names = parse_channels(text)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if not names:
-        raise InputError(f"channels must name at least one of {', '.join(CHANNEL_NAMES)}")
-    return names
-
-
 def validate_recipients(names: list[str]) -> list[str]:
     """Returns the usernames valid and deduplicated in their first order, or raises InputError."""
     unique = list(dict.fromkeys(validate_username(name) for name in names))

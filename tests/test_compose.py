@@ -18,11 +18,12 @@ import pytest
 import typer
 import typer.main
 import yaml
-from pydantic import AliasChoices
 
+from channels.email import EmailSettings
 from monitoring.alertmanager.wecom_relay import Config, settings
 from pipeline.config import Settings
 from pipeline.durations import parse_duration
+from tests.support.channels import setting_env_names
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -92,17 +93,6 @@ def _strings(node: Any, where: str = "") -> list[tuple[str, str]]:
     return [(where, str(node))] if node is not None else []
 
 
-def _settings_aliases() -> set[str]:
-    aliases: set[str] = set()
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        if isinstance(alias, AliasChoices):
-            aliases.update(choice for choice in alias.choices if isinstance(choice, str))
-        elif isinstance(alias, str):
-            aliases.add(alias)
-    return {alias.upper() for alias in aliases}
-
-
 def test_matches_the_compose_specification(compose: dict[str, Any]) -> None:
     if not SCHEMA.is_file():
         pytest.skip(f"{SCHEMA} is absent")
@@ -116,9 +106,9 @@ def test_matches_the_compose_specification(compose: dict[str, Any]) -> None:
 
 def test_shared_environment_uses_only_settings_names(compose: dict[str, Any]) -> None:
     shared = compose["x-tocsin-env"]
-    assert set(shared) - _settings_aliases() == set()
+    assert set(shared) - setting_env_names() == set()
     for name, service in _tocsin_services(compose).items():
-        unknown = set(_environment(service)) - _settings_aliases()
+        unknown = set(_environment(service)) - setting_env_names()
         assert not unknown, f"{name} sets variables Settings does not read: {unknown}"
 
 
@@ -129,7 +119,7 @@ def test_shared_environment_parses_into_settings(compose: dict[str, Any]) -> Non
     settings = Settings.model_validate(env)
     assert settings.queue_scheme == "amqp"
     assert not settings.is_sqlite
-    assert settings.email_enabled
+    assert EmailSettings.model_validate(env).enabled
 
 
 def test_urls_and_hosts_name_compose_services(compose: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ from sqlmodel import col
 
 from channels.base import Delivery
 from channels.errors import Reason
-from channels.wecom_url import stored_robot_url
+from pipeline.channel_set import ChannelSet
+from pipeline.contacts import load_contacts, usable
 from pipeline.db import SessionFactory
 from pipeline.models import Alert, Notification, NotificationSettings, Outcome, Recipient, State
 from pipeline.preferences import enabled_channels
@@ -44,7 +45,12 @@ def new_token() -> str:
 
 
 async def claim(
-    sessions: SessionFactory, ids: Sequence[int], now: datetime, lease: timedelta, token: str
+    sessions: SessionFactory,
+    ids: Sequence[int],
+    now: datetime,
+    lease: timedelta,
+    token: str,
+    channels: ChannelSet,
 ) -> Claim:
     """Moves QUEUED rows to SENDING under token, in one transaction (guarded by state).
 
@@ -56,7 +62,7 @@ async def claim(
         claimed = await _take(session, ids, token, result.lease_until, now)
         await _sort_unclaimed(session, set(ids) - claimed, result)
         if claimed:
-            await _load(session, claimed, now, result)
+            await _load(session, claimed, now, channels, result)
     return result
 
 
@@ -93,7 +99,9 @@ async def _sort_unclaimed(session: AsyncSession, unclaimed: set[int], result: Cl
     result.unknown = unclaimed - result.stale
 
 
-async def _load(session: AsyncSession, ids: set[int], now: datetime, result: Claim) -> None:
+async def _load(
+    session: AsyncSession, ids: set[int], now: datetime, channels: ChannelSet, result: Claim
+) -> None:
     statement = (
         select(Notification, Alert, Recipient, NotificationSettings)
         .join(Alert, col(Alert.id) == col(Notification.alert_id))
@@ -104,9 +112,12 @@ async def _load(session: AsyncSession, ids: set[int], now: datetime, result: Cla
         .where(col(Notification.id).in_(ids))
         .order_by(col(Notification.id))
     )
-    for notification, alert, recipient, settings in await session.execute(statement):
-        delivery = _delivery(notification, alert, recipient)
-        reason = _suppression(alert, settings, notification.channel, now)
+    rows = list(await session.execute(statement))
+    stored = await load_contacts(session, {n.recipient_id for n, _, _, _ in rows})
+    for notification, alert, recipient, settings in rows:
+        contacts = stored.get(notification.recipient_id, {})
+        delivery = _delivery(notification, alert, recipient, usable(contacts, channels))
+        reason = _suppression(alert, settings, notification.channel, channels.defaults, now)
         if reason is None:
             result.deliveries.append(delivery)
         else:
@@ -116,15 +127,21 @@ async def _load(session: AsyncSession, ids: set[int], now: datetime, result: Cla
 
 
 def _suppression(
-    alert: Alert, settings: NotificationSettings | None, channel: str, now: datetime
+    alert: Alert,
+    settings: NotificationSettings | None,
+    channel: str,
+    defaults: frozenset[str],
+    now: datetime,
 ) -> Reason | None:
     # Checked again at send time: preferences, alert state (and its row) may have changed since.
-    if channel not in enabled_channels(settings):
+    if channel not in enabled_channels(settings, defaults):
         return Reason.OPTED_OUT
     return alert_suppression(alert, now) or content_suppression(alert)
 
 
-def _delivery(notification: Notification, alert: Alert, recipient: Recipient) -> Delivery:
+def _delivery(
+    notification: Notification, alert: Alert, recipient: Recipient, contacts: dict[str, str]
+) -> Delivery:
     return Delivery(
         notification_id=notification.id or 0,
         channel=notification.channel,
@@ -137,7 +154,5 @@ def _delivery(notification: Notification, alert: Alert, recipient: Recipient) ->
         alert_created_at=alert.created_at,
         recipient_id=recipient.id or 0,
         username=recipient.username,
-        email=recipient.email,
-        wecom_userid=recipient.wecom_userid,
-        wecom_webhook=stored_robot_url(recipient.wecom_webhook_origin, recipient.wecom_webhook_key),
+        contacts=contacts,
     )

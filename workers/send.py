@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import structlog
 
@@ -32,7 +33,7 @@ def outcome_of(error: DeliveryError) -> Outcome:
 
 
 async def attempt(
-    channel: Channel, delivery: Delivery, clock: Clock, timeout: float, redact: Redactor
+    channel: Channel[Any], delivery: Delivery, clock: Clock, timeout: float, redact: Redactor
 ) -> AttemptResult:
     """Tries one delivery; never raises, so one bad message cannot stop a worker."""
     started_at = clock.now()
@@ -52,7 +53,7 @@ async def attempt(
     )
 
 
-async def _send(channel: Channel, delivery: Delivery, timeout: float) -> DeliveryError | None:
+async def _send(channel: Channel[Any], delivery: Delivery, timeout: float) -> DeliveryError | None:
     try:
         payload = channel.render(delivery)
         await asyncio.wait_for(channel.send(payload), timeout)

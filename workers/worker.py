@@ -7,13 +7,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from channels.base import Channel, Delivery
 from monitoring.metrics import Metrics
 from pipeline.backoff import backoff_delay
+from pipeline.channel_set import ChannelSet
 from pipeline.clock import Clock
 from pipeline.db import SessionFactory, database_unavailable
 from pipeline.queues.base import (
@@ -76,7 +77,8 @@ class Worker:
         *,
         sessions: SessionFactory,
         queue: Queue,
-        channels: Mapping[str, Channel],
+        channels: Mapping[str, Channel[Any]],
+        catalog: ChannelSet,
         clock: Clock,
         policy: RetryPolicy,
         metrics: Metrics,
@@ -86,6 +88,8 @@ class Worker:
         self._sessions = sessions
         self._queue = queue
         self._channels = channels
+        # Every channel of the process: contacts and default preferences are read through it.
+        self._catalog = catalog
         self._clock = clock
         self._policy = policy
         self._metrics = metrics
@@ -217,7 +221,7 @@ class Worker:
 
     async def _claim(self, channel: str, ids: Sequence[int], lease: timedelta, token: str) -> Claim:
         await self._start(channel)
-        return await claim(self._sessions, ids, self._clock.now(), lease, token)
+        return await claim(self._sessions, ids, self._clock.now(), lease, token, self._catalog)
 
     async def _start(self, channel: str) -> None:
         # Here rather than in run(): run, run_until_idle and the relay's inline fallback all

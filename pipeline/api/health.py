@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from channels.registry import CHANNEL_NAMES
 from pipeline.api.deps import tocsin
 from pipeline.app import App
 
@@ -49,7 +48,7 @@ async def _database(app: App) -> None:
 
 async def _queue(app: App) -> None:
     await app.queue.connect()
-    await app.queue.stats(CHANNEL_NAMES[:1])  # one round trip to the broker
+    await app.queue.stats(app.channels.names[:1])  # one round trip to the broker
 
 
 async def _check(probe: object) -> str:

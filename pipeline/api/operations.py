@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from channels.registry import CHANNEL_NAMES
 from pipeline.api.auth import Admin
 from pipeline.api.deps import tocsin
 from pipeline.api.ids import ID_MAX, parse_id
@@ -41,7 +40,7 @@ Cursor = Annotated[
     str | None, Query(max_length=20, description="next_cursor of the previous page.")
 ]
 ChannelQuery = Annotated[
-    str | None, Query(max_length=32, description=f"Only this channel ({', '.join(CHANNEL_NAMES)}).")
+    str | None, Query(max_length=32, description="Only this channel, e.g. email.")
 ]
 ReasonQuery = Annotated[str | None, Query(max_length=64, description="Only this reason.")]
 AlertQuery = Annotated[int | None, Query(ge=1, le=ID_MAX, description="Only this alert id.")]
@@ -167,7 +166,7 @@ def _where(
     cursor: str | None = None,
 ) -> NotificationFilter:
     return notification_filter(
-        CHANNEL_NAMES,
+        app.channels.names,
         app.clock.now(),
         states=states or (),
         channel=channel,

@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from channels.registry import CHANNEL_NAMES
 from pipeline.api.auth import Admin, Read
 from pipeline.api.deps import tocsin
 from pipeline.api.problems import problem, responses
@@ -146,7 +145,7 @@ async def scheduler_metrics(
         raise InputError(f"window: {exc}") from None
     if span > WINDOW_MAX:
         raise InputError(f"window must be at most {WINDOW_MAX.days}d")
-    found = await snapshot(app.sessions, app.clock.now(), span, list(CHANNEL_NAMES))
+    found = await snapshot(app.sessions, app.clock.now(), span, list(app.channels.names))
     return _same_as_cli(found)
 
 

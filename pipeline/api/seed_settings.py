@@ -102,7 +102,7 @@ async def seed_settings_get(
     user: SeedUser, app: Annotated[App, Depends(tocsin)], _token: Read
 ) -> SeedSettings:
     """The seed system's settings read: GET /users/{name}/settings in its old shape."""
-    record = await get_recipient(app.sessions, user)
+    record = await get_recipient(app.sessions, app.channels, user)
     if record is None:
         raise HTTPException(404, f"no user {user!r}")
     return SeedSettings.of(record)
@@ -120,7 +120,7 @@ async def seed_settings_put(
     _token: Admin,
 ) -> SeedSettings:
     """The seed system's settings update: PUT /users/{name}/settings in its old shape."""
-    current = await get_recipient(app.sessions, user)
+    current = await get_recipient(app.sessions, app.channels, user)
     if current is None:
         raise HTTPException(404, f"no user {user!r}")
     data = RecipientInput(

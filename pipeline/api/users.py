@@ -28,7 +28,10 @@ from pipeline.recipients import (
     save_recipient,
     upsert_recipients,
 )
-from pipeline.validation import USERNAME_MAX, WEBHOOK_URL_MAX
+from pipeline.validation import USERNAME_MAX
+
+# The longest address any contact kind takes (an own robot URL); each kind checks its own.
+CONTACT_MAX = 512
 
 router = APIRouter(tags=["users"])
 
@@ -52,18 +55,24 @@ QuietHoursText = Annotated[
 ]
 
 
+ContactMap = Annotated[
+    dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=CONTACT_MAX)]]
+    | None,
+    Field(
+        max_length=16,
+        description="Addresses by contact kind, e.g. "
+        '{"email": "alice@example.com", "wecom_userid": "alice"}; a kind left out stays as it '
+        'is, "" removes it. A secret contact (an own robot URL) is never shown again unmasked.',
+    ),
+]
+
+
 class UserFields(BaseModel):
     """A user's contacts and settings; a field left out (or null) stays as it is, "" clears it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str | None = Field(None, max_length=320)
-    wecom_userid: str | None = Field(None, max_length=64, description="WeCom userid to @mention.")
-    wecom_webhook: str | None = Field(
-        None,
-        max_length=WEBHOOK_URL_MAX,
-        description="The user's own WeCom robot URL: a secret, never shown again (masked).",
-    )
+    contacts: ContactMap = None
     timezone: str | None = Field(None, max_length=64, examples=["Asia/Shanghai"])
     quiet_hours: QuietHoursText = None
     channels: Channels = None
@@ -72,9 +81,7 @@ class UserFields(BaseModel):
         """The shared input these fields make for username."""
         return RecipientInput(
             username=username,
-            email=self.email,
-            wecom_userid=self.wecom_userid,
-            wecom_webhook=self.wecom_webhook,
+            contacts=self.contacts or {},
             timezone=self.timezone,
             quiet_hours=self.quiet_hours,
             channels=None if self.channels is None else ",".join(self.channels),
@@ -88,13 +95,10 @@ class BulkUser(UserFields):
 
 
 class User(BaseModel):
-    """A user as stored: its robot webhook only ever masked (key=***)."""
+    """A user as stored: a secret contact only ever masked (an own robot's key=***)."""
 
     username: str
-    email: str | None
-    wecom_userid: str | None
-    has_own_webhook: bool
-    wecom_webhook: str | None = Field(description="The own robot's URL with its key masked.")
+    contacts: dict[str, str] = Field(description="Addresses by kind, secret parts masked.")
     channels: list[str]
     timezone: str
     quiet_hours: str | None
@@ -171,7 +175,7 @@ async def users_list(
     ] = None,
 ) -> UserPage:
     """Lists users by name, a page at a time."""
-    records = await list_recipients(app.sessions, after=cursor, limit=limit + 1)
+    records = await list_recipients(app.sessions, app.channels, after=cursor, limit=limit + 1)
     more = len(records) > limit
     page = [User.of(record) for record in records[:limit]]
     return UserPage(items=page, next_cursor=page[-1].username if more else None)
@@ -213,7 +217,6 @@ async def users_bulk_put(
     Every entry is checked first; if any is invalid the answer is 422 with each invalid entry's
     index and reason in `errors`, and nothing is stored.
     """
-    allow = app.settings.wecom_allowlist
     inputs: list[RecipientInput] = []
     at: list[int] = []  # the request index of each of inputs
     errors: list[EntryError] = []
@@ -226,12 +229,12 @@ async def users_bulk_put(
         inputs.append(user.as_input(user.username))
         at.append(index)
     try:
-        check_recipients(inputs, allow, positions=at)
+        check_recipients(inputs, app.channels, positions=at)
     except BulkRejected as rejected:
         errors += rejected.errors
     if errors:
         return _bulk_problem(sorted(errors, key=lambda e: e.index))
-    report = await upsert_recipients(app.sessions, app.clock, inputs, allow)
+    report = await upsert_recipients(app.sessions, app.clock, inputs, app.channels)
     return BulkReport(created=report.created, updated=report.updated)
 
 
@@ -258,7 +261,7 @@ def _bulk_problem(errors: list[EntryError]) -> JSONResponse:
 @router.get("/users/{name}", response_model=User, responses=responses(401, 403, 404, 422))
 async def users_get(name: UserName, app: Annotated[App, Depends(tocsin)], _token: Read) -> User:
     """Returns one user with its settings."""
-    record = await get_recipient(app.sessions, name)
+    record = await get_recipient(app.sessions, app.channels, name)
     if record is None:
         raise HTTPException(404, f"no user {name!r}")
     return User.of(record)
@@ -280,11 +283,11 @@ async def users_put(
 ) -> User:
     """Creates the user or updates the fields given (201 when created).
 
-    A robot webhook must pass the WeCom URL policy (WECOM_ALLOWED_HOSTS, https) or the answer
-    is 422, which never quotes the URL.
+    Each contact is checked by the channel that reads it (an own robot URL must pass the WeCom
+    URL policy: WECOM_ALLOWED_HOSTS, https) or the answer is 422, which never quotes a secret.
     """
     record, created = await save_recipient(
-        app.sessions, app.clock, body.as_input(name), app.settings.wecom_allowlist
+        app.sessions, app.clock, body.as_input(name), app.channels
     )
     if created:
         response.status_code = 201
@@ -312,7 +315,7 @@ async def settings_get(
     name: UserName, app: Annotated[App, Depends(tocsin)], _token: Read
 ) -> UserSettings:
     """Returns a user's channels, time zone and quiet hours."""
-    record = await get_recipient(app.sessions, name)
+    record = await get_recipient(app.sessions, app.channels, name)
     if record is None:
         raise HTTPException(404, f"no user {name!r}")
     return UserSettings.of(record)
@@ -338,7 +341,7 @@ async def update_user(app: App, data: RecipientInput) -> RecipientRecord:
     """Saves data over an existing user's; 404 when there is no such user."""
     try:
         record, _created = await save_recipient(
-            app.sessions, app.clock, data, app.settings.wecom_allowlist, create=False
+            app.sessions, app.clock, data, app.channels, create=False
         )
     except UnknownRecipient as exc:
         raise _not_found(exc) from None

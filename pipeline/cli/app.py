@@ -9,11 +9,13 @@ from enum import Enum
 from typing import Annotated
 
 import typer
-from pydantic import AliasChoices, SecretStr
+from pydantic import AliasChoices, BaseModel, SecretStr
 
+from channels.base import ChannelContext
 from channels.registry import CHANNEL_NAMES
 from pipeline.app import App, secrets_of
-from pipeline.cli.context import friendly_errors, load_settings, run_async
+from pipeline.channel_set import describe_channel
+from pipeline.cli.context import friendly_errors, load_channels, load_settings, run_async
 from pipeline.cli.deliveries import audit, dlq, inbox, notifications
 from pipeline.cli.directory import alerts, users
 from pipeline.cli.groups import groups
@@ -189,15 +191,17 @@ def _serve(
     api: bool = False,
 ) -> None:
     settings = load_settings()
+    configured = load_channels()
     alone = producer != (channels is not None)  # a producer or a worker without the other
     if alone:
         _needs_a_broker(settings, "producer" if producer else "worker")
-    configure_logging(settings.log_level, settings.log_format, Redactor(secrets_of(settings)))
+    redact = Redactor(secrets_of(settings, configured))
+    configure_logging(settings.log_level, settings.log_format, redact)
     from prometheus_client import REGISTRY
 
     async def main() -> None:
         # Long-running processes report on the process registry, which /metrics serves.
-        app_ = App.create(settings, registry=REGISTRY)
+        app_ = App.create(settings, channels=configured, registry=REGISTRY)
         try:
             await run_forever(
                 app_,
@@ -209,7 +213,7 @@ def _serve(
         finally:
             await app_.aclose()
 
-    with friendly_errors(settings):
+    with friendly_errors(settings, configured):
         asyncio.run(main())
 
 
@@ -251,16 +255,41 @@ def queues(as_json: Json = False) -> None:
     )
 
 
+@app.command("channels")
+def channels_command(as_json: Json = False) -> None:
+    """Lists the channels: on or why not, the contacts they read from users, quiet hours."""
+
+    async def work(app_: App) -> list[dict[str, object]]:
+        context = ChannelContext(app_.sessions, app_.clock)
+        built = app_.channels.build(context)
+        try:
+            return [describe_channel(app_.channels, name, built[name]) for name in built]
+        finally:
+            for channel in built.values():
+                await channel.aclose()
+
+    emit(
+        run_async(work),
+        as_json=as_json,
+        title="channels",
+        columns=("channel", "status", "contacts", "waits_out_quiet_hours"),
+    )
+
+
 @app.command("config")
 def show_config(as_json: Json = False) -> None:
     """Prints the effective configuration, secrets masked."""
     settings = load_settings()
-    redact = Redactor(secrets_of(settings))
+    channels = load_channels()
+    redact = Redactor(secrets_of(settings, channels))
     # A SecretUrl masks exactly its own password; the redactor would also mask a user name or
     # database that happens to equal it, hiding what operators come here to check.
     shown = {
-        _env_name(name): _shown(value) if isinstance(value, SecretUrl) else redact(_shown(value))
-        for name, value in settings
+        _env_name(model, name): (
+            _shown(value) if isinstance(value, SecretUrl) else redact(_shown(value))
+        )
+        for model in (settings, *channels.settings.values())
+        for name, value in model
     }
     emit(
         shown if as_json else [{"setting": k, "value": v} for k, v in shown.items()],
@@ -270,8 +299,8 @@ def show_config(as_json: Json = False) -> None:
     )
 
 
-def _env_name(field: str) -> str:
-    alias = Settings.model_fields[field].validation_alias
+def _env_name(model: BaseModel, field: str) -> str:
+    alias = type(model).model_fields[field].validation_alias
     return str(alias.choices[0]) if isinstance(alias, AliasChoices) else field.upper()
 
 

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 
-from pipeline.app import App, secrets_of
+from pipeline.app import App, registered_channels, secrets_of
+from pipeline.channel_set import ChannelSet
 from pipeline.cli.output import fail
 from pipeline.config import Settings
 from pipeline.durations import format_duration
@@ -27,8 +28,17 @@ T = TypeVar("T")
 
 def load_settings() -> Settings:
     """Reads settings from the environment, or exits naming the bad variable."""
+    return _configured(Settings)
+
+
+def load_channels() -> ChannelSet:
+    """Reads every registered channel's settings, or exits naming the bad variable."""
+    return _configured(registered_channels)
+
+
+def _configured(build: Callable[[], T]) -> T:
     try:
-        return Settings()
+        return build()
     except SettingsError as exc:
         fail(f"invalid configuration: {exc}")
         raise AssertionError("unreachable") from exc
@@ -42,9 +52,11 @@ def load_settings() -> Settings:
 
 
 @contextmanager
-def friendly_errors(settings: Settings | None = None) -> Iterator[None]:
+def friendly_errors(
+    settings: Settings | None = None, channels: ChannelSet | None = None
+) -> Iterator[None]:
     """Maps bad input, a missing schema and an unreachable broker to one-line errors."""
-    redact = Redactor(secrets_of(settings) if settings else [])
+    redact = Redactor(secrets_of(settings, channels) if settings else [])
     try:
         yield
     except InputError as exc:
@@ -100,23 +112,24 @@ def run_async(
 ) -> T:
     """Runs work against a fresh app in a new event loop, with friendly errors."""
     settings = app_settings or load_settings()
+    channels = load_channels()
     # Short commands log warnings only, so a terminal shows just their answer; LOG_LEVEL=DEBUG
     # is asked for explicitly and is honoured everywhere (on stderr: stdout stays clean).
     debug = settings.log_level.upper() == "DEBUG"
     configure_logging(
         settings.log_level if verbose or debug else "WARNING",
         settings.log_format,
-        Redactor(secrets_of(settings)),
+        Redactor(secrets_of(settings, channels)),
     )
 
     async def main() -> T:
-        app = App.create(settings)
+        app = App.create(settings, channels=channels)
         try:
             return await work(app)
         finally:
             await app.aclose()
 
-    with friendly_errors(settings):
+    with friendly_errors(settings, channels):
         return asyncio.run(main())
     raise AssertionError("unreachable")
 

@@ -20,7 +20,7 @@ users = typer.Typer(help="Recipients: contacts, channels, time zone and quiet ho
 alerts = typer.Typer(help="Alert records that the producer turns into notifications.")
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-USER_COLUMNS = ("id", "username", "email", "wecom_userid", "channels", "timezone", "quiet_hours")
+USER_COLUMNS = ("id", "username", "contacts", "channels", "timezone", "quiet_hours")
 
 
 @users.command("upsert")
@@ -40,15 +40,27 @@ def users_upsert(
     channels: Annotated[
         str | None, typer.Option(help="Enabled channels, e.g. system,email,wecom.")
     ] = None,
+    contact: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Any channel's contact as KIND=ADDRESS (KIND= removes it); repeatable. "
+            "`tocsin channels` lists the kinds."
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
-    """Creates a user or updates the fields given."""
-    data = RecipientInput(
-        username, email, wecom_userid, wecom_webhook, timezone, quiet_hours, channels
-    )
+    """Creates a user or updates the fields given ("" clears a contact or quiet hours)."""
+    given = {"email": email, "wecom_userid": wecom_userid, "wecom_webhook": wecom_webhook}
+    contacts = {kind: value for kind, value in given.items() if value is not None}
+    for item in contact or []:
+        kind, equals, value = item.partition("=")
+        if not equals or not kind.strip():
+            fail(f"--contact {item[:40]!r}: use KIND=ADDRESS, e.g. email=alice@example.com")
+        contacts[kind.strip()] = value
+    data = RecipientInput(username, contacts, timezone, quiet_hours, channels)
 
     async def work(app: App) -> object:
-        return await upsert_recipient(app.sessions, app.clock, data, app.settings.wecom_allowlist)
+        return await upsert_recipient(app.sessions, app.clock, data, app.channels)
 
     record = run_async(work)
     emit([record] if not as_json else record, as_json=as_json, title="user", columns=USER_COLUMNS)
@@ -59,7 +71,7 @@ def users_list(as_json: Json = False) -> None:
     """Lists every user with their settings (webhooks are never shown)."""
 
     async def work(app: App) -> object:
-        return await list_recipients(app.sessions)
+        return await list_recipients(app.sessions, app.channels)
 
     emit(run_async(work), as_json=as_json, title="users", columns=USER_COLUMNS)
 

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from channels.registry import CHANNEL_NAMES
 from pipeline.app import App
 from pipeline.cli.context import load_settings, run_async
 from pipeline.cli.output import emit, fail, stdout
@@ -68,7 +67,7 @@ def metrics(
         return
 
     async def work(app: App) -> Snapshot:
-        return await snapshot(app.sessions, app.clock.now(), span, list(CHANNEL_NAMES))
+        return await snapshot(app.sessions, app.clock.now(), span, list(app.channels.names))
 
     document = run_async(work)
     if as_json:

@@ -109,12 +109,12 @@ class _Consumer:
 class AmqpQueue(Queue):
     """Quorum queues on RabbitMQ through one robust aio-pika connection."""
 
-    def __init__(self, settings: Settings, channels: Sequence[str] | None = None) -> None:
+    def __init__(self, settings: Settings, channels: Sequence[str]) -> None:
         self._url = settings.queue_url.get_secret_value()
         self._delivery_limit = settings.queue_delivery_limit
         self._timeout = settings.broker_timeout.total_seconds()
-        # None: every registered channel (looked up at connect, to keep imports acyclic).
-        self._channel_names = tuple(channels) if channels is not None else None
+        # The queues declared at connect: one per channel of the process.
+        self._channel_names = tuple(channels)
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
         self._topology: AbstractRobustChannel | None = None
@@ -175,10 +175,6 @@ class AmqpQueue(Queue):
         self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
 
     def _channels(self) -> tuple[str, ...]:
-        if self._channel_names is None:
-            from channels.registry import CHANNEL_NAMES
-
-            self._channel_names = CHANNEL_NAMES
         return self._channel_names
 
     async def _connected(self) -> AbstractRobustConnection:

@@ -129,7 +129,9 @@ class _RedisMessage(ReceivedMessage):
 class RedisQueue(Queue):
     """Channel queues on Redis Streams with one consumer group; settled entries are deleted."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, channels: Sequence[str]) -> None:
+        # Their consumer groups are made at connect; any other channel's on first use.
+        self._channel_names = tuple(channels)
         check_claim_idle(settings)
         self.consumer = consumer_name()
         self._timeout = settings.broker_timeout.total_seconds()
@@ -160,10 +162,8 @@ class RedisQueue(Queue):
         self._flusher: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        from channels.registry import CHANNEL_NAMES
-
         self._ready.clear()
-        await self._call(partial(self._ensure_groups, CHANNEL_NAMES))
+        await self._call(partial(self._ensure_groups, self._channel_names))
 
     async def publish(self, channel: str, bodies: Sequence[bytes]) -> None:
         if bodies:

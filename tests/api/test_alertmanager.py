@@ -38,7 +38,8 @@ from pipeline.models import Alert, AlertRecipient, Notification, Recipient, Seve
 from pipeline.secret_url import SecretUrl
 from pipeline.validation import BODY_MAX_BYTES, TITLE_MAX
 from tests.support.api import Api, running_api
-from tests.support.pipeline import add_user, with_channels
+from tests.support.channels import pinned
+from tests.support.pipeline import add_user
 from tests.support.proxy import FaultProxy
 from tests.support.smtp_server import SmtpSink
 
@@ -263,7 +264,7 @@ def test_malformed_payloads_do_not_validate(change: dict[str, Any]) -> None:
 @pytest.fixture
 async def am(sqlite_settings: Settings, smtp_server: SmtpSink) -> AsyncIterator[Api]:
     """The API with e-mail on the sink, users alice (quiet now) and bob, group db-oncall."""
-    async with running_api(with_channels(sqlite_settings, smtp=smtp_server)) as served:
+    async with running_api(sqlite_settings, channels=pinned(smtp=smtp_server)) as served:
         await _people(served)
         yield served
 

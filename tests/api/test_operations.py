@@ -19,7 +19,8 @@ from pipeline.jobs import PRODUCER_JOB_ID
 from pipeline.models import Notification
 from tests.integration.cli import base_env, tocsin
 from tests.support.api import Api, running_api
-from tests.support.pipeline import add_alert, add_user, cycle, with_channels
+from tests.support.channels import pinned
+from tests.support.pipeline import add_alert, add_user, cycle
 from tests.support.smtp_server import SmtpSink
 
 PROBLEM = "application/problem+json"
@@ -39,7 +40,7 @@ def assert_problem(response: httpx.Response, status: int, *words: str) -> dict[s
 @pytest.fixture
 async def ops(sqlite_settings: Settings, smtp_server: SmtpSink) -> AsyncIterator[Api]:
     """The API over DEAD e-mail notifications (550) for erin, and one PENDING system one."""
-    async with running_api(with_channels(sqlite_settings, smtp=smtp_server)) as api:
+    async with running_api(sqlite_settings, channels=pinned(smtp=smtp_server)) as api:
         await add_user(api.app, "erin", email="erin@example.com", channels="email")
         await add_user(api.app, "sam", channels="system")
         for number in range(DEAD):

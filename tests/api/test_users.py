@@ -44,13 +44,15 @@ async def test_put_creates_then_updates_and_get_shows_the_user(api: Api) -> None
         created = await client.put(
             "/api/v1/users/alice",
             json={
-                "email": "alice@example.com",
+                "contacts": {"email": "alice@example.com"},
                 "timezone": "Asia/Shanghai",
                 "quiet_hours": "22:00-7:00",
                 "channels": ["email", "system"],
             },
         )
-        updated = await client.put("/api/v1/users/alice", json={"wecom_userid": "alice.w"})
+        updated = await client.put(
+            "/api/v1/users/alice", json={"contacts": {"wecom_userid": "alice.w"}}
+        )
         shown = await client.get("/api/v1/users/alice")
     assert created.status_code == 201
     assert updated.status_code == 200
@@ -59,27 +61,26 @@ async def test_put_creates_then_updates_and_get_shows_the_user(api: Api) -> None
         == updated.json()
         == {
             "username": "alice",
-            "email": "alice@example.com",
-            "wecom_userid": "alice.w",
-            "has_own_webhook": False,
-            "wecom_webhook": None,
+            "contacts": {"email": "alice@example.com", "wecom_userid": "alice.w"},
             "channels": ["email", "system"],
             "timezone": "Asia/Shanghai",
             "quiet_hours": "22:00-07:00",
         }
     )
-    assert created.json()["wecom_userid"] is None
+    assert created.json()["contacts"] == {"email": "alice@example.com"}
 
 
 async def test_an_empty_string_clears_a_field_and_null_leaves_it(api: Api) -> None:
     async with api.client() as client:
         await client.put(
-            "/api/v1/users/bob", json={"email": "bob@example.com", "quiet_hours": "22:00-07:00"}
+            "/api/v1/users/bob",
+            json={"contacts": {"email": "bob@example.com"}, "quiet_hours": "22:00-07:00"},
         )
         cleared = await client.put(
-            "/api/v1/users/bob", json={"email": "", "quiet_hours": "", "timezone": None}
+            "/api/v1/users/bob",
+            json={"contacts": {"email": ""}, "quiet_hours": "", "timezone": None},
         )
-    assert cleared.json()["email"] is None
+    assert cleared.json()["contacts"] == {}
     assert cleared.json()["quiet_hours"] is None
     assert cleared.json()["timezone"] == "UTC"
 
@@ -112,12 +113,14 @@ async def test_the_list_is_paged_by_name(api: Api) -> None:
         ({"timezone": ""}, ("timezone must not be empty",)),
         ({"quiet_hours": "late"}, ("quiet hours must look like 22:00-07:00",)),
         ({"quiet_hours": "25:00-07:00"}, ("quiet",)),
-        ({"email": "not an address"}, ("email",)),
+        ({"contacts": {"email": "not an address"}}, ("email",)),
         ({"channels": ["email", "pager"]}, ("unknown channel 'pager'",)),
         ({"channels": []}, ("channels must name at least one",)),
-        ({"wecom_userid": "@all"}, ("reserved",)),
-        ({"emial": "typo@example.com"}, ("emial",)),
-        ({"email": 7}, ("email",)),
+        ({"contacts": {"wecom_userid": "@all"}}, ("reserved",)),
+        ({"contacts": {"emial": "typo@example.com"}}, ("unknown contact 'emial'", "email")),
+        ({"email": "alice@example.com"}, ("email",)),  # contacts go in "contacts"
+        ({"contacts": {"email": 7}}, ("email",)),
+        ({"contacts": ["alice@example.com"]}, ("contacts",)),
     ],
 )
 async def test_invalid_fields_are_422_and_nothing_is_stored(
@@ -141,18 +144,19 @@ async def test_an_invalid_username_is_422(api: Api) -> None:
 async def test_a_robot_webhook_is_stored_but_only_ever_shown_masked(api: Api) -> None:
     texts: list[str] = []
     async with api.client() as client:
-        saved = await client.put("/api/v1/users/alice", json={"wecom_webhook": ROBOT})
+        saved = await client.put("/api/v1/users/alice", json={"contacts": {"wecom_webhook": ROBOT}})
         texts += [saved.text]
         for path in ("/api/v1/users/alice", "/api/v1/users", "/api/v1/users/alice/settings"):
             texts.append((await client.get(path)).text)
         texts.append((await client.get("/api/v1/notifications/settings?user=alice")).text)
-        bulk = await client.put("/api/v1/users", json=[{"username": "bob", "wecom_webhook": ROBOT}])
+        bulk = await client.put(
+            "/api/v1/users", json=[{"username": "bob", "contacts": {"wecom_webhook": ROBOT}}]
+        )
         texts.append(bulk.text)
         texts.append((await client.get("/api/v1/users/bob")).text)
-    assert saved.json()["has_own_webhook"] is True
-    assert (
-        saved.json()["wecom_webhook"] == "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=***"
-    )
+    assert saved.json()["contacts"] == {
+        "wecom_webhook": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=***"
+    }
     assert_no_secret(texts, KEY)
 
 
@@ -167,8 +171,10 @@ async def test_a_robot_webhook_is_stored_but_only_ever_shown_masked(api: Api) ->
 )
 async def test_a_webhook_the_policy_refuses_is_422_without_the_url(api: Api, url: str) -> None:
     async with api.client() as client:
-        refused = await client.put("/api/v1/users/alice", json={"wecom_webhook": url})
-        in_bulk = await client.put("/api/v1/users", json=[{"username": "x", "wecom_webhook": url}])
+        refused = await client.put("/api/v1/users/alice", json={"contacts": {"wecom_webhook": url}})
+        in_bulk = await client.put(
+            "/api/v1/users", json=[{"username": "x", "contacts": {"wecom_webhook": url}}]
+        )
     assert_problem(refused, 422, "webhook URL is refused")
     assert_problem(in_bulk, 422)
     assert_no_secret([refused.text, in_bulk.text], KEY, url)
@@ -195,7 +201,9 @@ async def test_settings_read_and_change_an_existing_user_only(api: Api) -> None:
         bad_quiet = await client.put(
             "/api/v1/users/alice/settings", json={"quiet_hours": "22:00 to 07:00"}
         )
-        contacts = await client.put("/api/v1/users/alice/settings", json={"email": "x@y.z"})
+        contacts = await client.put(
+            "/api/v1/users/alice/settings", json={"contacts": {"email": "x@y.z"}}
+        )
         user = await client.get("/api/v1/users/alice")
     assert before.json() == {
         "channels": ["email", "system", "wecom"],
@@ -211,8 +219,8 @@ async def test_settings_read_and_change_an_existing_user_only(api: Api) -> None:
     assert_problem(unknown_get, 404)
     assert_problem(bad_zone, 422, "unknown time zone")
     assert_problem(bad_quiet, 422, "quiet hours")
-    assert_problem(contacts, 422, "email")  # settings are not contacts
-    assert user.json()["email"] == "alice@example.com"
+    assert_problem(contacts, 422, "contacts")  # settings are not contacts
+    assert user.json()["contacts"] == {"email": "alice@example.com"}
     assert await user_count(api) == 1
 
 
@@ -292,9 +300,13 @@ async def test_delete_removes_an_unreferenced_user_and_refuses_a_referenced_one(
 async def test_bulk_put_stores_all_and_reports_created_and_updated(api: Api) -> None:
     await add_user(api.app, "alice", email="old@example.com")
     entries = [
-        {"username": "alice", "email": "alice@example.com"},
+        {"username": "alice", "contacts": {"email": "alice@example.com"}},
         {"username": "bob", "channels": ["email"], "timezone": "Asia/Tokyo"},
-        {"username": "carol", "quiet_hours": "22:00-07:00", "email": "carol@example.com"},
+        {
+            "username": "carol",
+            "quiet_hours": "22:00-07:00",
+            "contacts": {"email": "carol@example.com"},
+        },
     ]
     async with api.client() as client:
         stored = await client.put("/api/v1/users", json=entries)
@@ -302,7 +314,7 @@ async def test_bulk_put_stores_all_and_reports_created_and_updated(api: Api) -> 
     assert stored.status_code == 200
     assert stored.json() == {"created": 2, "updated": 1}
     by_name = {user["username"]: user for user in users}
-    assert by_name["alice"]["email"] == "alice@example.com"
+    assert by_name["alice"]["contacts"] == {"email": "alice@example.com"}
     assert by_name["bob"]["channels"] == ["email"]
     assert by_name["bob"]["timezone"] == "Asia/Tokyo"
     assert by_name["carol"]["quiet_hours"] == "22:00-07:00"
@@ -311,7 +323,7 @@ async def test_bulk_put_stores_all_and_reports_created_and_updated(api: Api) -> 
 async def test_bulk_put_with_bad_entries_lists_them_by_index_and_stores_nothing(api: Api) -> None:
     await add_user(api.app, "alice", email="alice@example.com")
     entries: list[Any] = [
-        {"username": "alice", "email": "changed@example.com"},  # fine: must not be stored
+        {"username": "alice", "contacts": {"email": "changed@example.com"}},  # fine, not stored
         {"username": "bob", "timezone": "Nowhere/City"},
         {"username": "carol"},
         {"username": "dave", "quiet_hours": "all night"},
@@ -319,8 +331,11 @@ async def test_bulk_put_with_bad_entries_lists_them_by_index_and_stores_nothing(
         {"username": "bob"},  # repeats entry 1 (valid on its own)
         {"username": "bad name"},
         {"username": "frank", "channels": ["pager"]},
-        {"email": "nobody@example.com"},
-        {"username": "gina", "wecom_webhook": "https://evil.example/cgi-bin/webhook/send?key=k"},
+        {"contacts": {"email": "nobody@example.com"}},
+        {
+            "username": "gina",
+            "contacts": {"wecom_webhook": "https://evil.example/cgi-bin/webhook/send?key=k"},
+        },
     ]
     async with api.client() as client:
         refused = await client.put("/api/v1/users", json=entries)
@@ -339,7 +354,7 @@ async def test_bulk_put_with_bad_entries_lists_them_by_index_and_stores_nothing(
     assert "refused" in details[9]
     assert "evil.example/cgi-bin" not in refused.text
     assert await user_count(api) == 1
-    assert alice["email"] == "alice@example.com"
+    assert alice["contacts"] == {"email": "alice@example.com"}
 
 
 async def test_bulk_put_bounds_its_size(api: Api) -> None:
@@ -384,7 +399,7 @@ def ten_thousand() -> list[dict[str, Any]]:
     return [
         {
             "username": f"user-{number:05d}",
-            "email": f"user-{number:05d}@example.com",
+            "contacts": {"email": f"user-{number:05d}@example.com"},
             "timezone": "Asia/Shanghai",
             "quiet_hours": "22:00-07:00",
             "channels": ["system", "email"],

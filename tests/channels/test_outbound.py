@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import update
 
 from channels.base import ChannelContext, Delivery
+from channels.email import EmailSettings
 from channels.errors import DeliveryError, PermanentError, Reason
-from channels.wecom import WeComChannel
+from channels.wecom import WeComChannel, WeComSettings
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
-from pipeline.models import Recipient, State
+from pipeline.models import Recipient, RecipientContact, State
 from pipeline.outbound import AllowList, UrlRefused, canonical_host, check_url, pin
 from pipeline.validation import InputError, validate_robot_url
+from tests.support import email_channel
 from tests.support.catch_all import CatchAll
+from tests.support.channels import pinned
 from tests.support.pipeline import add_alert, add_user, cycle, open_app, rows
 from tests.support.secrets import assert_no_secret
 
@@ -80,23 +82,15 @@ def allow_one(listeners: Listeners) -> str:
 
 
 def make_delivery(url: str) -> Delivery:
-    return Delivery(
-        notification_id=1,
-        channel="wecom",
-        attempt=1,
-        alert_id=1,
-        title="Disk full",
-        body="97%",
-        severity="warning",
-        alert_created_at=NOW,
-        recipient_id=1,
-        username="alice",
-        wecom_webhook=url,
-    )
+    return email_channel.make_delivery(channel="wecom", username="alice", wecom_webhook=url)
+
+
+def wecom_settings(**fields: Any) -> WeComSettings:
+    return WeComSettings(_env_file=None, **fields)
 
 
 def wecom_channel(allowed: str, resolver: Any = None, **extra: Any) -> WeComChannel:
-    settings = Settings(_env_file=None, wecom_enabled=True, wecom_allowed_hosts=allowed, **extra)
+    settings = wecom_settings(enabled=True, allowed_hosts=allowed, **extra)
     context = ChannelContext(None, ManualClock(NOW))  # type: ignore[arg-type]
     if resolver is not None:
         context = ChannelContext(None, ManualClock(NOW), resolver)  # type: ignore[arg-type]
@@ -115,9 +109,7 @@ async def send_error(channel: WeComChannel, url: str) -> DeliveryError:
 async def test_each_ssrf_form_is_refused_as_the_global_setting(listeners: Listeners) -> None:
     for url in listeners.urls():
         with pytest.raises(ValidationError) as caught:
-            Settings(
-                _env_file=None, wecom_webhook_url=url, wecom_allowed_hosts=allow_one(listeners)
-            )
+            wecom_settings(webhook_url=url, allowed_hosts=allow_one(listeners))
         message = caught.value.errors()[0]["msg"]
         assert "WECOM_WEBHOOK_URL is refused" in message, url
         assert_no_secret(message, KEY)
@@ -167,13 +159,15 @@ async def test_each_ssrf_form_is_refused_at_send_time(listeners: Listeners) -> N
 async def test_a_webhook_row_written_around_validation_ends_dead_url_refused(
     sqlite_settings: Settings, listeners: Listeners
 ) -> None:
-    settings = sqlite_settings.model_copy(update={"wecom_enabled": True, "retry_jitter": 0.0})
-    async with open_app(settings) as app:
-        await add_user(app, "mallory", channels="wecom")
+    async with open_app(sqlite_settings, channels=pinned(wecom={"enabled": True})) as app:
+        mallory = await add_user(app, "mallory", channels="wecom")
         async with app.sessions() as session, session.begin():
-            await session.execute(
-                update(Recipient).values(
-                    wecom_webhook_origin=listeners.two.origin, wecom_webhook_key=KEY
+            session.add(
+                RecipientContact(
+                    recipient_id=mallory.id,
+                    kind="wecom_webhook",
+                    address=listeners.two.origin,
+                    secret=KEY,
                 )
             )
         await add_alert(app, ["mallory"])
@@ -283,7 +277,7 @@ def test_non_canonical_hosts_are_refused(host: str) -> None:
 )
 def test_bad_allowlist_entries_are_named(entry: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Settings(_env_file=None, wecom_allowed_hosts=entry)
+        wecom_settings(allowed_hosts=entry)
 
 
 def test_allowlist_entries_match_scheme_host_and_port() -> None:
@@ -339,8 +333,8 @@ async def test_a_public_address_is_pinned_and_a_named_one_is_allowed() -> None:
 
 
 def test_email_plaintext_auth_is_refused_unless_asked_for() -> None:
-    plain: dict[str, Any] = {"email_security": "none", "email_username": "bot"}
+    plain: dict[str, Any] = {"security": "none", "username": "bot"}
     with pytest.raises(ValidationError, match="EMAIL_ALLOW_PLAINTEXT_AUTH"):
-        Settings(_env_file=None, **plain)
-    assert Settings(_env_file=None, email_allow_plaintext_auth=True, **plain).email_username
-    assert Settings(_env_file=None, send_timeout=timedelta(seconds=1), email_security="none")
+        EmailSettings(_env_file=None, **plain)
+    assert EmailSettings(_env_file=None, allow_plaintext_auth=True, **plain).username
+    assert EmailSettings(_env_file=None, security="none")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channels.base import ChannelContext, ChannelUnavailable, Contacts, Delivery
+from channels.base import ChannelContext, ChannelUnavailable, Delivery
 from channels.errors import (
     DeliveryError,
     PermanentError,
@@ -22,7 +22,8 @@ from channels.errors import (
     Reason,
     TransientError,
 )
-from channels.wecom import SlidingWindowLimiter, WeComChannel, WeComPayload, transport_error
+from channels.http import transport_error
+from channels.wecom import SlidingWindowLimiter, WeComChannel, WeComPayload, WeComSettings
 from channels.wecom_markdown import (
     MARKDOWN_MAX_BYTES,
     TEXT_MAX_BYTES,
@@ -33,42 +34,29 @@ from channels.wecom_markdown import (
 )
 from channels.wecom_url import ROBOT_PATH, robot_key
 from pipeline.clock import ManualClock
-from pipeline.config import Settings
 from pipeline.outbound import UrlRefused
 from tests.channels.test_errors import WECOM_TABLE
+from tests.support import email_channel
 from tests.support.secrets import assert_no_secret
 from tests.support.wecom_server import WeComRobot
 
 NOW = datetime(2024, 3, 1, 8, 30, tzinfo=UTC)
+BODY = "Usage is 97% and rising"
 SECRET_KEY = "SeCrEt-7f3a91c2-d4e8-robot-key"
 
 
 def make_delivery(**overrides: Any) -> Delivery:
-    fields: dict[str, Any] = {
-        "notification_id": 42,
-        "channel": "wecom",
-        "attempt": 1,
-        "alert_id": 7,
-        "title": "Disk full on db-1",
-        "body": "Usage is 97% and rising",
-        "severity": "critical",
-        "alert_created_at": NOW,
-        "recipient_id": 3,
-        "username": "zhang",
-        "wecom_userid": "zhangsan",
-    }
-    fields.update(overrides)
-    return Delivery(**fields)
+    return email_channel.make_delivery(**({"channel": "wecom", "body": BODY} | overrides))
 
 
-def make_settings(**overrides: Any) -> Settings:
-    fields: dict[str, Any] = {"wecom_enabled": True, "send_timeout": timedelta(seconds=5)}
-    fields.update(overrides)
-    url = fields.get("wecom_webhook_url")
-    if url and "wecom_allowed_hosts" not in fields:
+def make_settings(**overrides: Any) -> WeComSettings:
+    fields: dict[str, Any] = {"enabled": True}
+    fields.update({key.removeprefix("wecom_"): value for key, value in overrides.items()})
+    url = fields.get("webhook_url")
+    if url and "allowed_hosts" not in fields:
         # Allow the webhook's own origin, e.g. http://127.0.0.1:PORT for the loopback robot.
-        fields["wecom_allowed_hosts"] = url.split(ROBOT_PATH, 1)[0]
-    return Settings(_env_file=None, **fields)
+        fields["allowed_hosts"] = url.split(ROBOT_PATH, 1)[0]
+    return WeComSettings(_env_file=None, **fields)
 
 
 class Harness:
@@ -79,8 +67,13 @@ class Harness:
         self.opened: list[WeComChannel] = []
 
     def channel(self, **overrides: Any) -> WeComChannel:
+        timeout = overrides.pop("send_timeout", timedelta(seconds=5))
         # The WeCom channel never opens a database session.
-        context = ChannelContext(session_factory=None, clock=self.clock)  # type: ignore[arg-type]
+        context = ChannelContext(
+            session_factory=None,  # type: ignore[arg-type]
+            clock=self.clock,
+            send_timeout=timeout,
+        )
         channel = WeComChannel.from_settings(make_settings(**overrides), context)
         self.opened.append(channel)
         return channel
@@ -148,8 +141,8 @@ def test_non_http_webhook_is_refused(harness: Harness, url: str) -> None:
 
 
 def test_every_recipient_is_reachable_through_the_group_robot() -> None:
-    assert WeComChannel.reachable(Contacts())
-    assert WeComChannel.reachable(Contacts(wecom_userid="zhangsan"))
+    assert WeComChannel.reachable({})
+    assert WeComChannel.reachable({"wecom_userid": "zhangsan"})
 
 
 def test_robot_key() -> None:

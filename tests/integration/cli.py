@@ -18,9 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices
-
-from pipeline.config import Settings
+from tests.support.channels import setting_env_names
 from tests.support.smtp_server import SmtpSink
 from tests.support.wecom_server import WeComRobot
 
@@ -31,21 +29,9 @@ if not Path(TOCSIN).exists():  # pragma: no cover - a system-wide install
 DEFAULT_TIMEOUT = 60.0
 
 
-def _setting_env_names() -> set[str]:
-    """Every environment variable Settings reads, so a developer's shell cannot leak in."""
-    names: set[str] = set()
-    for info in Settings.model_fields.values():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names.update(str(choice).upper() for choice in alias.choices)
-        elif isinstance(alias, str):
-            names.add(alias.upper())
-    return names
-
-
 def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     """Returns os.environ minus Tocsin settings, plus a SQLite file in tmp_path, no listeners."""
-    env = {k: v for k, v in os.environ.items() if k.upper() not in _setting_env_names()}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in setting_env_names()}
     for noisy in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "PYTHONWARNINGS"):
         env.pop(noisy, None)
     env.update(

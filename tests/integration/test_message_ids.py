@@ -6,11 +6,11 @@ import re
 from pathlib import Path
 
 from channels.base import ChannelContext
-from channels.registry import build_channels
 from pipeline.config import Settings
 from pipeline.models import State
+from tests.support.channels import pinned
 from tests.support.email_channel import make_delivery, parsed
-from tests.support.pipeline import cycle, open_app, produced, rows, with_channels
+from tests.support.pipeline import cycle, open_app, produced, rows
 from tests.support.services import migrated
 from tests.support.smtp_server import SmtpSink
 
@@ -26,7 +26,7 @@ def installation(directory: Path, smtp: SmtpSink) -> Settings:
         metrics_port=-1,
     )
     directory.mkdir()
-    return with_channels(migrated(settings), smtp, email_from=EMAIL_FROM)
+    return migrated(settings)
 
 
 async def test_two_installations_never_share_a_message_id(
@@ -36,9 +36,10 @@ async def test_two_installations_never_share_a_message_id(
         installation(tmp_path / "east", smtp_server),
         installation(tmp_path / "west", smtp_server),
     )
+    channels = pinned(smtp_server, email={"sender": EMAIL_FROM})
     sent_ids = set()
     for settings in (east, west):
-        async with open_app(settings) as app:
+        async with open_app(settings, channels=channels) as app:
             await produced(app, "alice", email="alice@example.com", channels="email")
             assert await cycle(app) == 1
             sent = (await rows(app))[("alice", "email")]
@@ -51,9 +52,9 @@ async def test_two_installations_never_share_a_message_id(
     assert first != second
 
     # A restarted process renders that notification of the first installation again: same id.
-    async with open_app(east) as app:
+    async with open_app(east, channels=channels) as app:
         context = ChannelContext(app.sessions, app.clock)
-        channel = build_channels(east, context, ["email"])["email"]
+        channel = channels.build(context, ["email"])["email"]
         await channel.start()
         again = [channel.render(make_delivery(notification_id=notification_id)) for _ in range(2)]
         await channel.aclose()

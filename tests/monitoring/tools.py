@@ -17,8 +17,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from channels.registry import channel_reasons
 from monitoring.metrics import Metrics
+from tests.support.channels import pinned
 from tests.support.services import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def metric_names(expr: str) -> set[str]:
 def exposition() -> str:
     """The /metrics text of a fresh catalogue with every series pre-created."""
     registry = CollectorRegistry()
-    Metrics(registry).initialize(channel_reasons(), [PRODUCER_JOB])
+    Metrics(registry).initialize(pinned().reasons(), [PRODUCER_JOB])
     return generate_latest(registry).decode()
 
 

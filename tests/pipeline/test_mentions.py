@@ -8,10 +8,11 @@ from sqlmodel import col
 from structlog.testing import capture_logs
 
 from pipeline.config import Settings
-from pipeline.models import Alert, Recipient, State
+from pipeline.models import Alert, RecipientContact, State
 from pipeline.recipients import list_recipients
 from pipeline.validation import InputError
-from tests.support.pipeline import add_alert, add_user, cycle, open_app, rows, with_channels
+from tests.support.channels import pinned
+from tests.support.pipeline import add_alert, add_user, cycle, open_app, rows
 from tests.support.wecom_server import WeComRobot, mentions
 
 
@@ -22,13 +23,13 @@ async def test_a_userid_that_could_mention_others_is_refused_on_save(
     async with open_app(sqlite_settings) as app:
         with pytest.raises(InputError, match=r"^wecom_userid "):
             await add_user(app, "bob", wecom_userid=userid)
-        assert await list_recipients(app.sessions) == []
+        assert await list_recipients(app.sessions, app.channels) == []
 
 
 async def test_a_valid_userid_is_saved_stripped(sqlite_settings: Settings) -> None:
     async with open_app(sqlite_settings) as app:
         record = await add_user(app, "bob", wecom_userid=" bob.li@corp ")
-    assert record.wecom_userid == "bob.li@corp"
+    assert record.contacts["wecom_userid"] == "bob.li@corp"
 
 
 @pytest.mark.parametrize("severity", ["info", "warning"])
@@ -44,7 +45,7 @@ async def test_mention_all_is_refused_below_critical(
 async def test_the_group_is_mentioned_only_for_a_critical_alert_that_asks(
     sqlite_settings: Settings, wecom_server: WeComRobot
 ) -> None:
-    async with open_app(with_channels(sqlite_settings, robot=wecom_server)) as app:
+    async with open_app(sqlite_settings, channels=pinned(robot=wecom_server)) as app:
         await add_user(app, "alice", wecom_userid="alice", channels="wecom")
         asked = await add_alert(app, ["alice"], "critical", "asked", mention_all=True)
         await add_alert(app, ["alice"], "critical", "critical")
@@ -71,10 +72,14 @@ async def test_the_group_is_mentioned_only_for_a_critical_alert_that_asks(
 async def test_an_invalid_userid_in_the_database_still_notifies_the_group_without_a_mention(
     sqlite_settings: Settings, wecom_server: WeComRobot
 ) -> None:
-    async with open_app(with_channels(sqlite_settings, robot=wecom_server)) as app:
-        await add_user(app, "bob", channels="wecom")
+    async with open_app(sqlite_settings, channels=pinned(robot=wecom_server)) as app:
+        bob = await add_user(app, "bob", channels="wecom")
         async with app.sessions() as session, session.begin():
-            await session.execute(update(Recipient).values(wecom_userid="bob> <@all"))
+            # Written around validation, as another program might.
+            contact = RecipientContact(
+                recipient_id=bob.id, kind="wecom_userid", address="bob> <@all"
+            )
+            session.add(contact)
         await add_alert(app, ["bob"], "critical")
         await app.producer().run()
         with capture_logs() as logs:

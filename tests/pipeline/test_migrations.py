@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
@@ -110,3 +110,50 @@ async def test_notification_identity_is_unique(session_factory: SessionFactory) 
         session.add(notification())
         with pytest.raises(IntegrityError, match=r"(?i)unique|uq_notification_identity"):
             await session.commit()
+
+
+async def _execute(settings: Settings, statement: str) -> list[tuple[object, ...]]:
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            result = await connection.execute(text(statement))
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+async def test_contacts_move_from_columns_to_rows_and_back(db_settings: Settings) -> None:
+    config = alembic_config(db_settings)
+    run_in_thread(command.downgrade, config, "0004")
+    await _execute(
+        db_settings,
+        "INSERT INTO recipients (username, email, wecom_userid, wecom_webhook_origin,"
+        " wecom_webhook_key, created_at, updated_at) VALUES"
+        " ('ada', 'ada@example.com', 'ada.w', 'https://qyapi.weixin.qq.com', 'Key-1',"
+        " '2026-01-01', '2026-01-01'),"
+        " ('bob', NULL, 'bob', NULL, NULL, '2026-01-01', '2026-01-01'),"
+        " ('cy', NULL, NULL, NULL, NULL, '2026-01-01', '2026-01-01')",
+    )
+    run_in_thread(command.upgrade, config, "head")
+    moved = await _execute(
+        db_settings,
+        "SELECT r.username, c.kind, c.address, c.secret FROM recipient_contacts c"
+        " JOIN recipients r ON r.id = c.recipient_id ORDER BY r.username, c.kind",
+    )
+    assert moved == [
+        ("ada", "email", "ada@example.com", None),
+        ("ada", "wecom_userid", "ada.w", None),
+        ("ada", "wecom_webhook", "https://qyapi.weixin.qq.com", "Key-1"),
+        ("bob", "wecom_userid", "bob", None),
+    ]
+    run_in_thread(command.downgrade, config, "0004")
+    back = await _execute(
+        db_settings,
+        "SELECT username, email, wecom_userid, wecom_webhook_origin, wecom_webhook_key"
+        " FROM recipients ORDER BY username",
+    )
+    assert back == [
+        ("ada", "ada@example.com", "ada.w", "https://qyapi.weixin.qq.com", "Key-1"),
+        ("bob", None, "bob", None, None),
+        ("cy", None, None, None, None),
+    ]

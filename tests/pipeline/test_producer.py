@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlmodel import col
 
-from channels.base import Contacts
 from channels.errors import Reason
 from pipeline.alerts import resolve_alert
 from pipeline.app import App
@@ -224,7 +223,7 @@ CONTENT_TABLE: list[tuple[str, str, Reason | None]] = [
     ("Disk full", "c1 \x9b", Reason.INVALID_CONTENT),
     ("Disk \ufffe", "fine", Reason.INVALID_CONTENT),
 ]
-ALICE = RecipientView(1, "alice", Contacts(), frozenset({"system", "email"}), None)
+ALICE = RecipientView(1, "alice", {}, frozenset({"system", "email"}), None)
 
 
 @pytest.mark.parametrize(("title", "body", "reason"), CONTENT_TABLE)

@@ -17,6 +17,7 @@ from pipeline.config import Settings
 from pipeline.logs import configure_logging, scrubber
 from pipeline.redact import Redactor
 from pipeline.secret_url import SecretUrl, mask_password, secret_values
+from tests.support.channels import pinned
 from tests.support.secrets import assert_no_secret
 
 # (URL, what masked() shows, the password as it must never be shown); every password is
@@ -135,15 +136,20 @@ def test_secrets_of_finds_every_secret_field_by_type() -> None:
     loaded = settings(
         database_url="postgresql+asyncpg://u:Planted-Db%40pw-5a@db.internal/tocsin",
         queue_url="amqp://guest:Planted-Mq-6b7c@mq.internal/",
-        email_password="Planted-Smtp-8d9e",
     )
-    found = set(secrets_of(loaded))
-    assert found == set(secret_values(loaded))
+    robot = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=Planted-Robot-1f2e"
+    channels = pinned(email={"password": "Planted-Smtp-8d9e"}, wecom={"webhook_url": robot})
+    found = set(secrets_of(loaded, channels))
+    # Found from each channel's declared settings class, not from a list kept by hand.
+    assert found == set(secret_values(loaded)) | {
+        value for settings in channels.settings.values() for value in secret_values(settings)
+    }
     assert {
         "Planted-Db%40pw-5a",
         "Planted-Db@pw-5a",
         "Planted-Mq-6b7c",
         "Planted-Smtp-8d9e",
+        robot,
     } <= found
     # A URL setting gives its password only: its host and database must stay readable.
     assert not any("db.internal" in s or "mq.internal" in s for s in found)

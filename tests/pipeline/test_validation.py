@@ -16,7 +16,6 @@ from pipeline.validation import (
     InputError,
     content_error,
     validate_body,
-    validate_channels,
     validate_email,
     validate_recipients,
     validate_robot_url,
@@ -26,7 +25,10 @@ from pipeline.validation import (
     validate_username,
     validate_wecom_userid,
 )
+from tests.support.channels import pinned
 
+# The registered channels' parser, as the CLI and the API use it.
+validate_channels = pinned().parse
 ALLOWED = AllowList.parse("qyapi.weixin.qq.com,http://127.0.0.1:8080", "WECOM_ALLOWED_HOSTS")
 
 

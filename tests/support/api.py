@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.api.server import ApiServer
 from pipeline.app import App
+from pipeline.channel_set import ChannelSet
 from pipeline.clock import Clock
 from pipeline.config import Settings
 from pipeline.tokens import Scope, create_token
@@ -35,10 +36,12 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Api]:
+async def running_api(
+    settings: Settings, clock: Clock | None = None, channels: ChannelSet | None = None
+) -> AsyncIterator[Api]:
     """Serves the API for settings on a free loopback port, with tokens for every scope."""
     settings = settings.model_copy(update={"api_port": 0, "api_addr": "127.0.0.1"})
-    async with open_app(settings, clock) as app:  # type: ignore[arg-type]
+    async with open_app(settings, clock, channels) as app:
         tokens = {}
         for scope in Scope:
             _, token = await create_token(app.sessions, app.clock, f"test-{scope}", [scope])

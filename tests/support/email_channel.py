@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from typing import Any
 from sqlmodel import SQLModel
 
 from channels.base import ChannelContext, Delivery
-from channels.email import EmailPayload
+from channels.email import EmailPayload, EmailSettings
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.db import SessionFactory, create_engine, session_factory
@@ -22,11 +23,15 @@ from pipeline.models import Installation
 from tests.support.smtp_server import SmtpSink
 
 NOW = datetime(2024, 3, 1, 8, 30, tzinfo=UTC)
+DELIVERY_FIELDS = {f.name for f in dataclasses.fields(Delivery)}
 INSTALLATION = "0b4f3c52-7f4e-4a55-9d4c-1f2e3d4c5b6a"
 
 
 def make_delivery(**overrides: Any) -> Delivery:
-    """Returns a delivery of notification 42 to zhang@example.com, with fields overridden."""
+    """Returns a delivery of notification 42 to zhang (zhang@example.com, WeCom zhangsan).
+
+    overrides are Delivery's fields or contact kinds (email="x@example.com"; None drops one).
+    """
     fields: dict[str, Any] = {
         "notification_id": 42,
         "channel": "email",
@@ -38,29 +43,44 @@ def make_delivery(**overrides: Any) -> Delivery:
         "alert_created_at": NOW,
         "recipient_id": 3,
         "username": "zhang",
-        "email": "zhang@example.com",
     }
-    fields.update(overrides)
-    return Delivery(**fields)
+    contacts = {"email": "zhang@example.com", "wecom_userid": "zhangsan"}
+    for key, value in overrides.items():
+        if key in DELIVERY_FIELDS:
+            fields[key] = value
+        elif value is None:
+            contacts.pop(key, None)
+        else:
+            contacts[key] = value
+    return Delivery(**fields, contacts=contacts)
 
 
-def make_settings(sink: SmtpSink | None = None, **overrides: Any) -> Settings:
-    """Returns settings with e-mail on, pointed at the sink (or at a closed local port)."""
+def make_settings(sink: SmtpSink | None = None, **overrides: Any) -> EmailSettings:
+    """Returns e-mail settings, on and pointed at the sink (or at a closed local port).
+
+    overrides use the field names or the env names in lower case (email_from, email_pool_size).
+    """
     fields: dict[str, Any] = {
-        "email_enabled": True,
-        "email_smtp_server": sink.host if sink else "127.0.0.1",
-        "email_smtp_port": sink.port if sink else 25,
-        "email_security": "none",
-        "email_from": "Tocsin Ops <ops@alerts.example.org>",
-        "send_timeout": timedelta(seconds=5),
+        "enabled": True,
+        "smtp_server": sink.host if sink else "127.0.0.1",
+        "smtp_port": sink.port if sink else 25,
+        "security": "none",
+        "sender": "Tocsin Ops <ops@alerts.example.org>",
     }
-    fields.update(overrides)
-    return Settings(_env_file=None, **fields)
+    for key, value in overrides.items():
+        fields["sender" if key == "email_from" else key.removeprefix("email_")] = value
+    unknown = set(fields) - set(EmailSettings.model_fields)
+    assert not unknown, f"EmailSettings has no {unknown}"  # extra="ignore" would drop a typo
+    return EmailSettings(_env_file=None, **fields)
 
 
-def make_context(sessions: SessionFactory) -> ChannelContext:
+def make_context(
+    sessions: SessionFactory, send_timeout: timedelta = timedelta(seconds=5)
+) -> ChannelContext:
     """Returns the context a channel is built with, on a manual clock at NOW."""
-    return ChannelContext(session_factory=sessions, clock=ManualClock(NOW))
+    return ChannelContext(
+        session_factory=sessions, clock=ManualClock(NOW), send_timeout=send_timeout
+    )
 
 
 @asynccontextmanager

@@ -8,47 +8,35 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 from sqlalchemy import select
 from sqlmodel import col
 
 from pipeline.alerts import AlertInput, create_alert
 from pipeline.app import App
-from pipeline.clock import ManualClock
-from pipeline.config import EmailSecurity, Settings
+from pipeline.channel_set import ChannelSet
+from pipeline.clock import Clock, ManualClock
+from pipeline.config import Settings
 from pipeline.models import Alert, DeliveryAttempt, Notification
 from pipeline.recipients import RecipientInput, RecipientRecord, upsert_recipient
-from tests.support.smtp_server import SmtpSink
-from tests.support.wecom_server import WeComRobot
+from tests.support.channels import pinned
 
 START = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)  # 12:00 in Asia/Shanghai
 
 
-def with_channels(
-    settings: Settings, smtp: SmtpSink | None = None, robot: WeComRobot | None = None, **extra: Any
-) -> Settings:
-    """Returns settings with e-mail and/or WeCom pointed at the loopback servers."""
-    update: dict[str, Any] = {"retry_jitter": 0.0}
-    if smtp is not None:
-        update |= {
-            "email_enabled": True,
-            "email_smtp_server": smtp.host,
-            "email_smtp_port": smtp.port,
-            "email_security": EmailSecurity.NONE,
-        }
-    if robot is not None:
-        update |= {
-            "wecom_enabled": True,
-            "wecom_webhook_url": SecretStr(robot.webhook_url("k1")),
-            "wecom_allowed_hosts": robot.allow_entry,
-        }
-    return settings.model_copy(update=update | extra)
-
-
 @asynccontextmanager
-async def open_app(settings: Settings, clock: ManualClock | None = None) -> AsyncIterator[App]:
-    """Yields a connected app on its own metrics registry and a manual clock."""
-    app = App.create(settings, clock=clock or ManualClock(START), registry=CollectorRegistry())
+async def open_app(
+    settings: Settings, clock: Clock | None = None, channels: ChannelSet | None = None
+) -> AsyncIterator[App]:
+    """Yields a connected app on its own metrics registry and a manual clock.
+
+    channels default to the registered ones, all off but the inbox (tests/support/channels.py).
+    """
+    app = App.create(
+        settings,
+        channels=channels or pinned(),
+        clock=clock or ManualClock(START),
+        registry=CollectorRegistry(),
+    )
     await app.queue.connect()
     try:
         yield app
@@ -57,9 +45,11 @@ async def open_app(settings: Settings, clock: ManualClock | None = None) -> Asyn
 
 
 async def add_user(app: App, username: str, **fields: Any) -> RecipientRecord:
-    """Creates a recipient; fields are RecipientInput's (email, channels, quiet_hours, ...)."""
-    data = RecipientInput(username, **fields)
-    return await upsert_recipient(app.sessions, app.clock, data, app.settings.wecom_allowlist)
+    """Creates a recipient; fields are RecipientInput's (channels, quiet_hours, ...) or a contact
+    kind of the app's channels (email="a@example.com", wecom_userid="alice")."""
+    contacts = {kind: fields.pop(kind) for kind in list(fields) if kind in app.channels.contacts}
+    data = RecipientInput(username, contacts, **fields)
+    return await upsert_recipient(app.sessions, app.clock, data, app.channels)
 
 
 async def add_alert(

@@ -84,6 +84,8 @@ def _settings(database_url: str) -> Settings:
         database_url=database_url,
         queue_url="memory://",
         metrics_port=-1,
+        # Retries fall due exactly on the schedule, so tests can step a manual clock to them.
+        retry_jitter=0.0,
     )
 
 
@@ -217,13 +219,14 @@ async def delete_topology(url: str) -> None:
     """Deletes Tocsin's queues and exchange in the vhost of url."""
     import aio_pika
 
-    from channels.registry import CHANNEL_NAMES
+    from channels.registry import CHANNELS
     from pipeline.queues import names
 
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
-        for name in (*(names.queue_name(c) for c in CHANNEL_NAMES), names.DEAD_LETTER_QUEUE):
+        queues = [names.queue_name(c.name) for c in CHANNELS]
+        for name in (*queues, names.DEAD_LETTER_QUEUE):
             await channel.queue_delete(name)
         await channel.exchange_delete(names.DEAD_LETTER_EXCHANGE)
     finally:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import text
 
-from channels.base import Channel, ChannelContext, Delivery
+from channels.base import Channel, ChannelContext, ChannelSettings, Delivery
 from channels.errors import Reason
 from pipeline.app import App
 from pipeline.clock import ManualClock
@@ -50,10 +50,11 @@ async def queued_inbox_rows(app: App, *names: str) -> dict[str, Notification]:
     return {user: n for (user, channel), n in (await rows(app)).items() if channel == "system"}
 
 
-class _Stalling(Channel):
+class _Stalling(Channel[ChannelSettings]):
     """Its first send takes three minutes of manual-clock time: a stall past the lease."""
 
     name = "system"
+    settings_class = ChannelSettings
     reasons: ClassVar[tuple[Reason, ...]] = ()
 
     def __init__(self, clock: ManualClock) -> None:
@@ -61,7 +62,7 @@ class _Stalling(Channel):
         self.sent: list[int] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings, context: ChannelContext) -> Channel:
+    def from_settings(cls, settings: ChannelSettings, context: ChannelContext) -> _Stalling:
         raise NotImplementedError("built by the test")
 
     def render(self, delivery: Delivery) -> Delivery:
@@ -105,9 +106,11 @@ async def test_a_claim_retried_with_its_token_takes_the_same_rows(db_settings: S
     async with open_app(db_settings, clock) as app:
         row = (await queued_inbox_rows(app, "alice"))["alice"]
         token, lease = new_token(), timedelta(minutes=2)
-        first = await claim(app.sessions, [row.id or 0], clock.now(), lease, token)
-        again = await claim(app.sessions, [row.id or 0], clock.now(), lease, token)
-        other = await claim(app.sessions, [row.id or 0], clock.now(), lease, new_token())
+        first = await claim(app.sessions, [row.id or 0], clock.now(), lease, token, app.channels)
+        again = await claim(app.sessions, [row.id or 0], clock.now(), lease, token, app.channels)
+        other = await claim(
+            app.sessions, [row.id or 0], clock.now(), lease, new_token(), app.channels
+        )
     assert [d.notification_id for d in first.deliveries] == [row.id]
     assert [d.notification_id for d in again.deliveries] == [row.id]
     assert (other.deliveries, other.stale) == ([], {row.id})
@@ -119,7 +122,9 @@ async def test_recording_a_batch_again_stores_it_once(db_settings: Settings) -> 
     async with open_app(db_settings, clock) as app:
         row = (await queued_inbox_rows(app, "alice"))["alice"]
         token = new_token()
-        claimed = await claim(app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2), token)
+        claimed = await claim(
+            app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2), token, app.channels
+        )
         inbox = app.worker(["system"])._channels["system"]
         [result] = [await attempt(inbox, d, clock, 5.0, app.redact) for d in claimed.deliveries]
         first = await record(app.sessions, [result], token, app.policy, clock.now(), "w")

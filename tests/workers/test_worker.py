@@ -8,13 +8,14 @@ from typing import ClassVar
 
 from sqlalchemy import select
 
-from channels.base import Channel, ChannelContext, Delivery
+from channels.base import Channel, ChannelContext, ChannelSettings, Delivery
 from channels.errors import Reason
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.models import InboxMessage, Outcome, State
 from pipeline.queues.base import encode_message
 from pipeline.queues.memory import MemoryQueue
+from tests.support.channels import pinned
 from tests.support.pipeline import (
     START,
     add_alert,
@@ -25,7 +26,6 @@ from tests.support.pipeline import (
     produced,
     rows,
     sample,
-    with_channels,
 )
 from tests.support.smtp_server import SmtpSink
 from tests.support.wecom_server import WeComRobot
@@ -37,7 +37,7 @@ from workers.send import attempt
 async def test_delivers_over_email_wecom_and_the_inbox(
     db_settings: Settings, smtp_server: SmtpSink, wecom_server: WeComRobot
 ) -> None:
-    async with open_app(with_channels(db_settings, smtp_server, wecom_server)) as app:
+    async with open_app(db_settings, channels=pinned(smtp_server, wecom_server)) as app:
         await produced(app, email="alice@example.com", wecom_userid="alice")
         assert await cycle(app) == 3
         found = await rows(app)
@@ -63,8 +63,7 @@ async def test_transient_failures_follow_the_schedule_then_die(
 ) -> None:
     clock = ManualClock(START)
     smtp_server.respond_with(421, "try later")
-    settings = with_channels(db_settings, smtp_server)
-    async with open_app(settings, clock) as app:
+    async with open_app(db_settings, clock, pinned(smtp_server)) as app:
         await produced(app, email="alice@example.com", channels="email")
         seen = []
         for minutes in (0, 5, 15, 30, 60):
@@ -99,7 +98,7 @@ async def test_a_permanent_failure_is_dead_at_once(
     db_settings: Settings, smtp_server: SmtpSink
 ) -> None:
     smtp_server.respond_with(550, "no such user")
-    async with open_app(with_channels(db_settings, smtp_server)) as app:
+    async with open_app(db_settings, channels=pinned(smtp_server)) as app:
         await produced(app, email="alice@example.com", channels="email")
         await cycle(app)
         row = (await rows(app))[("alice", "email")]
@@ -111,7 +110,7 @@ async def test_rate_limited_waits_without_spending_an_attempt(
 ) -> None:
     clock = ManualClock(START)
     wecom_server.fail_with(45009, times=2)
-    async with open_app(with_channels(db_settings, robot=wecom_server), clock) as app:
+    async with open_app(db_settings, clock, pinned(robot=wecom_server)) as app:
         await produced(app, channels="wecom")
         await cycle(app)
         first = (await rows(app))[("alice", "wecom")]
@@ -136,7 +135,7 @@ async def test_rate_limited_waits_without_spending_an_attempt(
 async def test_a_duplicate_queue_message_delivers_once(
     db_settings: Settings, smtp_server: SmtpSink
 ) -> None:
-    async with open_app(with_channels(db_settings, smtp_server)) as app:
+    async with open_app(db_settings, channels=pinned(smtp_server)) as app:
         await produced(app, email="alice@example.com", channels="email")
         await app.relay().tick()
         row = (await rows(app))[("alice", "email")]
@@ -171,7 +170,12 @@ async def test_a_late_result_does_not_overwrite_a_completed_row(db_settings: Set
         await app.relay().tick()
         row = (await rows(app))[("alice", "system")]
         stalled = await claim(
-            app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2), new_token()
+            app.sessions,
+            [row.id or 0],
+            clock.now(),
+            timedelta(minutes=2),
+            new_token(),
+            app.channels,
         )
         assert [d.notification_id for d in stalled.deliveries] == [row.id]
         # The stalled worker's lease runs out; the relay hands the row to another worker.
@@ -192,7 +196,7 @@ async def test_a_late_result_does_not_overwrite_a_completed_row(db_settings: Set
 async def test_preferences_and_alert_state_are_checked_again_at_send_time(
     db_settings: Settings, smtp_server: SmtpSink
 ) -> None:
-    async with open_app(with_channels(db_settings, smtp_server)) as app:
+    async with open_app(db_settings, channels=pinned(smtp_server)) as app:
         await produced(app, email="alice@example.com", channels="email,system")
         await add_user(app, "alice", channels="system")  # opted out of e-mail since
         await cycle(app)
@@ -203,12 +207,13 @@ async def test_preferences_and_alert_state_are_checked_again_at_send_time(
     assert smtp_server.messages == []
 
 
-class _Exploding(Channel):
+class _Exploding(Channel[ChannelSettings]):
     name = "system"
+    settings_class = ChannelSettings
     reasons: ClassVar[tuple[Reason, ...]] = ()
 
     @classmethod
-    def from_settings(cls, settings: Settings, context: ChannelContext) -> Channel:
+    def from_settings(cls, settings: ChannelSettings, context: ChannelContext) -> _Exploding:
         return cls()
 
     def render(self, delivery: Delivery) -> Delivery:
@@ -237,9 +242,9 @@ async def test_graceful_stop_finishes_sends_in_flight(
     sqlite_settings: Settings, wecom_server: WeComRobot
 ) -> None:
     wecom_server.delay(0.5)
-    settings = with_channels(sqlite_settings, robot=wecom_server, wecom_rate_per_minute=1000)
+    channels = pinned(robot=wecom_server, wecom={"rate_per_minute": 1000})
     wecom_server.rate_per_minute = 1000
-    async with open_app(settings) as app:
+    async with open_app(sqlite_settings, channels=channels) as app:
         for i in range(5):
             await add_user(app, f"u{i}", channels="wecom")
         await add_alert(app, [f"u{i}" for i in range(5)])

@@ -43,6 +43,7 @@ from pipeline.models import (
     Notification,
     NotificationSettings,
     Recipient,
+    RecipientContact,
     State,
 )
 from pipeline.queues import names
@@ -311,7 +312,6 @@ class Cluster:
             users = [
                 {
                     "username": f"{tag}-user{i:05d}",
-                    "email": f"{tag}.user{i:05d}@example.test",
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -319,6 +319,17 @@ class Cluster:
             ]
             inserted = await conn.execute(insert(Recipient).returning(col(Recipient.id)), users)
             recipient_ids = [rid for rid in inserted.scalars() if rid is not None]
+            await conn.execute(
+                insert(RecipientContact),
+                [
+                    {
+                        "recipient_id": rid,
+                        "kind": "email",
+                        "address": f"{tag}.user{i:05d}@example.test",
+                    }
+                    for i, rid in enumerate(recipient_ids)
+                ],
+            )
             await conn.execute(
                 insert(NotificationSettings),
                 [

@@ -15,6 +15,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from channels.registry import CHANNEL_NAMES
 from pipeline.config import Settings
 from pipeline.queues import names, open_queue
 from pipeline.queues.base import QueueUnavailable, decode_message, encode_message
@@ -126,7 +127,7 @@ class TestAmqpQueue(QueueContract):
 
 
 async def test_open_queue_picks_amqp_for_an_amqp_url(settings: Settings) -> None:
-    assert isinstance(open_queue(settings), AmqpQueue)
+    assert isinstance(open_queue(settings, CHANNEL_NAMES), AmqpQueue)
 
 
 async def test_queues_are_quorum_with_delivery_limit_and_at_least_once_dead_letters(

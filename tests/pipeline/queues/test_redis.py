@@ -47,7 +47,7 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
-    created = RedisQueue(settings)
+    created = RedisQueue(settings, CHANNEL_NAMES)
     await created.connect()
     yield created
     await created.close()
@@ -56,7 +56,7 @@ async def queue(settings: Settings) -> AsyncIterator[RedisQueue]:
 @pytest.fixture
 async def other(settings: Settings) -> AsyncIterator[RedisQueue]:
     """A second consumer on the same streams (another worker process)."""
-    created = RedisQueue(settings)
+    created = RedisQueue(settings, CHANNEL_NAMES)
     await created.connect()
     yield created
     await created.close()
@@ -82,7 +82,7 @@ async def _dead_entries(raw: redis.asyncio.Redis, channel: str) -> list[dict[byt
 
 
 async def test_open_queue_picks_redis_by_scheme(settings: Settings) -> None:
-    assert isinstance(open_queue(settings), RedisQueue)
+    assert isinstance(open_queue(settings, CHANNEL_NAMES), RedisQueue)
 
 
 async def test_connect_creates_one_group_per_channel(
@@ -101,8 +101,8 @@ async def test_every_queue_is_its_own_consumer(queue: RedisQueue, other: RedisQu
 
 def test_claim_idle_must_cover_two_send_timeouts(redis_url: str) -> None:
     with pytest.raises(ValueError, match=r"REDIS_CLAIM_IDLE .*twice SEND_TIMEOUT"):
-        RedisQueue(redis_settings(redis_url, send_timeout=timedelta(seconds=0.6)))
-    RedisQueue(redis_settings(redis_url, send_timeout=timedelta(seconds=0.5)))
+        RedisQueue(redis_settings(redis_url, send_timeout=timedelta(seconds=0.6)), CHANNEL_NAMES)
+    RedisQueue(redis_settings(redis_url, send_timeout=timedelta(seconds=0.5)), CHANNEL_NAMES)
 
 
 # --- settling -----------------------------------------------------------------------------
@@ -163,7 +163,7 @@ async def test_messages_over_the_delivery_limit_are_dead_lettered(
     redis_url: str, raw: redis.asyncio.Redis
 ) -> None:
     settings = redis_settings(redis_url, queue_delivery_limit=1)
-    crashing, survivor = RedisQueue(settings), RedisQueue(settings)
+    crashing, survivor = RedisQueue(settings, CHANNEL_NAMES), RedisQueue(settings, CHANNEL_NAMES)
     try:
         await crashing.publish("email", [encode_message(9)])
         assert len(await crashing.receive("email", 1, 1.0)) == 1
@@ -185,7 +185,7 @@ async def test_messages_over_the_delivery_limit_are_dead_lettered(
 async def test_requeues_count_towards_the_delivery_limit(
     redis_url: str, raw: redis.asyncio.Redis
 ) -> None:
-    queue = RedisQueue(redis_settings(redis_url, queue_delivery_limit=2))
+    queue = RedisQueue(redis_settings(redis_url, queue_delivery_limit=2), CHANNEL_NAMES)
     try:
         await queue.publish("system", [encode_message(4)])
         for _ in range(2):
@@ -200,7 +200,10 @@ async def test_requeues_count_towards_the_delivery_limit(
 async def test_silent_consumers_are_forgotten_once_they_own_nothing(
     redis_url: str, other: RedisQueue, raw: redis.asyncio.Redis
 ) -> None:
-    silent, holder = RedisQueue(redis_settings(redis_url)), RedisQueue(redis_settings(redis_url))
+    silent, holder = (
+        RedisQueue(redis_settings(redis_url), CHANNEL_NAMES),
+        RedisQueue(redis_settings(redis_url), CHANNEL_NAMES),
+    )
     try:
         await silent.publish("system", [encode_message(1), encode_message(2)])
         [message] = await silent.receive("system", 1, 1.0)
@@ -238,7 +241,7 @@ async def test_a_closed_queue_is_no_longer_a_consumer(
 
 
 async def test_maxlen_bounds_the_stream(redis_url: str, raw: redis.asyncio.Redis) -> None:
-    queue = RedisQueue(redis_settings(redis_url, redis_stream_maxlen=1000))
+    queue = RedisQueue(redis_settings(redis_url, redis_stream_maxlen=1000), CHANNEL_NAMES)
     try:
         for start in range(0, 5000, 500):
             await queue.publish("email", [encode_message(i) for i in range(start, start + 500)])
@@ -275,7 +278,7 @@ async def test_entries_published_after_a_loss_but_before_any_read_are_kept(
 
 
 async def test_an_unreachable_server_is_queue_unavailable_promptly(closed_port: int) -> None:
-    queue = RedisQueue(redis_settings(f"redis://127.0.0.1:{closed_port}/0"))
+    queue = RedisQueue(redis_settings(f"redis://127.0.0.1:{closed_port}/0"), CHANNEL_NAMES)
     try:
         started = time.monotonic()
         with pytest.raises(QueueUnavailable, match="redis: ConnectionError"):
@@ -363,7 +366,7 @@ def through_proxy(redis_url: str, proxy: Proxy) -> Settings:
 async def test_a_server_that_goes_away_and_comes_back(
     through_proxy: Settings, proxy: Proxy, other: RedisQueue
 ) -> None:
-    queue = RedisQueue(through_proxy)
+    queue = RedisQueue(through_proxy, CHANNEL_NAMES)
     try:
         await queue.connect()
         await queue.publish("email", [encode_message(1)])
