@@ -70,9 +70,14 @@ class DeliveryError(Exception):
 
 
 class TransientError(DeliveryError):
-    """Worth trying again on the retry schedule."""
+    """Worth trying again on the retry schedule, and no sooner than retry_after if given (a
+    503's Retry-After); each try spends an attempt."""
 
     retryable = True
+
+    def __init__(self, reason: Reason, detail: str = "", retry_after: timedelta | None = None):
+        super().__init__(reason, detail)
+        self.retry_after = retry_after
 
 
 class RateLimited(DeliveryError):
@@ -124,7 +129,8 @@ def classify_http(status: int, retry_after: timedelta | None = None) -> Delivery
     if status == 429:
         return RateLimited(Reason.HTTP_429, detail, retry_after)
     if status >= 500 or status in (408, 425):
-        return TransientError(Reason.HTTP_5XX if status >= 500 else Reason.TIMEOUT, detail)
+        reason = Reason.HTTP_5XX if status >= 500 else Reason.TIMEOUT
+        return TransientError(reason, detail, retry_after)
     return PermanentError(Reason.HTTP_4XX, detail)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from channels.base import Delivery
-from channels.errors import DeliveryError, PermanentError, RateLimited, Reason
+from channels.errors import DeliveryError, PermanentError, RateLimited, Reason, TransientError
 from pipeline.models import Outcome, State
 from workers.retry import RetryPolicy
 
@@ -53,7 +53,8 @@ def decide(
     attempts = attempts_before + 1
     if isinstance(error, PermanentError):
         return Transition(State.DEAD, attempts, reason=result.reason, detail=result.detail)
-    later = policy.next_attempt(attempts, now, born=born)
+    retry_after = error.retry_after if isinstance(error, TransientError) else None
+    later = policy.next_attempt(attempts, now, retry_after, born)
     return _retry_or_dead(later, attempts, result, f"gave up after {attempts} attempts")
 
 

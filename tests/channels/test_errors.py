@@ -86,6 +86,12 @@ def test_classify_http_429_carries_retry_after() -> None:
     assert error.retry_after == timedelta(seconds=7)
 
 
+def test_classify_http_5xx_carries_retry_after_as_a_transient_error() -> None:
+    error = classify_http(503, timedelta(seconds=90))
+    assert isinstance(error, TransientError) and not isinstance(error, RateLimited)
+    assert error.retry_after == timedelta(seconds=90)
+
+
 def test_classify_http_429_without_retry_after_waits_a_minute() -> None:
     error = classify_http(429)
     assert isinstance(error, RateLimited)

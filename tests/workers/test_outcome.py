@@ -40,6 +40,15 @@ def test_transient_goes_back_to_pending_with_the_next_delay() -> None:
     assert t.reason is Reason.SMTP_4XX
 
 
+def test_a_transient_retry_after_longer_than_the_schedule_wins_and_spends_an_attempt() -> None:
+    error = TransientError(Reason.HTTP_5XX, "HTTP 503", timedelta(minutes=12))
+    t = decide(result(error, Outcome.TRANSIENT), 0, NOW, POLICY)
+    assert (t.state, t.attempts, t.not_before) == (State.PENDING, 1, NOW + timedelta(minutes=12))
+    shorter = TransientError(Reason.HTTP_5XX, "HTTP 503", timedelta(seconds=30))
+    t = decide(result(shorter, Outcome.TRANSIENT), 0, NOW, POLICY)
+    assert t.not_before == NOW + timedelta(minutes=5)  # never sooner than the schedule
+
+
 def test_transient_after_the_last_delay_is_dead_and_keeps_its_cause() -> None:
     error = TransientError(Reason.SMTP_4XX, "421 busy")
     t = decide(result(error, Outcome.TRANSIENT), 2, NOW, POLICY)
