@@ -108,6 +108,9 @@ class Channel(ABC, Generic[S]):
     contacts: ClassVar[tuple[Contact, ...]] = ()
     # Push channels wait out quiet hours; the in-app inbox never does.
     deferrable: ClassVar[bool] = True
+    # Whether a recipient who never chose channels gets this one; an opt-in channel says False,
+    # so adding it notifies nobody new until a recipient's channels name it.
+    by_default: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod

@@ -87,8 +87,8 @@ class ChannelSet:
 
     @property
     def defaults(self) -> frozenset[str]:
-        """What a recipient without a settings row gets: every channel."""
-        return frozenset(self.classes)
+        """What a recipient who never chose channels gets: every channel on by default."""
+        return frozenset(name for name, cls in self.classes.items() if cls.by_default)
 
     def reasons(self) -> dict[str, tuple[Reason, ...]]:
         """Per channel, the reasons its sends can fail with (for metric series)."""

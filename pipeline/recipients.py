@@ -287,7 +287,9 @@ def _merge_settings(
 ) -> NotificationSettings:
     if settings is None:
         settings = NotificationSettings(
-            recipient_id=recipient_id, channels=",".join(channels.names), updated_at=now
+            recipient_id=recipient_id,
+            channels=",".join(n for n in channels.names if n in channels.defaults),
+            updated_at=now,
         )
     if data.channels is not None:
         settings.channels = data.channels
