@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -75,10 +75,19 @@ class ProducerReport:
 
 
 def expand(
-    alert: Alert, recipients: Sequence[RecipientView], channels: Sequence[str]
+    alert: Alert,
+    recipients: Sequence[RecipientView],
+    channels: Sequence[str],
+    defaults: Collection[str],
 ) -> list[Candidate]:
-    """Returns one candidate per recipient and registered channel."""
-    return [Candidate(alert, r, channel) for r in recipients for channel in channels]
+    """Returns one candidate per recipient and channel: every channel on by default (a row
+    says why one was not sent), and an opt-in channel only for those who chose it."""
+    return [
+        Candidate(alert, r, channel)
+        for r in recipients
+        for channel in channels
+        if channel in defaults or channel in r.channels
+    ]
 
 
 def apply_content_check(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -232,7 +241,12 @@ class Producer:
             recipients = await self._recipients(session, [a.id for a in alerts if a.id])
             candidates: list[Candidate] = []
             for alert in alerts:
-                candidates += expand(alert, recipients.get(alert.id or 0, []), self._channels.names)
+                candidates += expand(
+                    alert,
+                    recipients.get(alert.id or 0, []),
+                    self._channels.names,
+                    self._channels.defaults,
+                )
             candidates = apply_content_check(candidates)
             repeats = await self._repeats(session, alerts)
             candidates = apply_dedup(candidates, repeats)

@@ -232,13 +232,29 @@ def test_content_check_suppresses_every_candidate_of_a_refused_alert(
 ) -> None:
     alert = Alert(id=1, title=title, body=body, severity="warning", created_at=START)
     fine = Alert(id=2, title="fine", body="fine", severity="warning", created_at=START)
-    candidates = expand(alert, [ALICE], ["system", "email"]) + expand(fine, [ALICE], ["system"])
+    every = {"system", "email"}
+    candidates = expand(alert, [ALICE], ["system", "email"], every) + expand(
+        fine, [ALICE], ["system"], every
+    )
     checked = apply_content_check(candidates)
     state = State.SUPPRESSED if reason else State.PENDING
     assert [(c.alert.id, c.channel, c.state, c.reason) for c in checked] == [
         (1, "system", state, reason),
         (1, "email", state, reason),
         (2, "system", State.PENDING, None),
+    ]
+
+
+def test_an_opt_in_channel_is_expanded_only_for_those_who_chose_it() -> None:
+    alert = Alert(id=1, title="t", body="b", severity="warning", created_at=START)
+    bob = RecipientView(2, "bob", {}, frozenset({"system", "pager"}), None)
+    candidates = expand(alert, [ALICE, bob], ["system", "email", "pager"], {"system", "email"})
+    assert [(c.recipient.username, c.channel) for c in candidates] == [
+        ("alice", "system"),
+        ("alice", "email"),  # on by default: a row, suppressed if alice turned it off
+        ("bob", "system"),
+        ("bob", "email"),
+        ("bob", "pager"),  # opt-in: bob chose it, alice did not and gets no row
     ]
 
 
