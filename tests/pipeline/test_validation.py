@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from channels.registry import CHANNEL_NAMES
 from pipeline.models import Severity
 from pipeline.outbound import AllowList
 from pipeline.quiet_hours import QuietHours
@@ -140,9 +141,9 @@ BAD: list[tuple[Callable[[Any], Any], Any, str]] = [
     (validate_wecom_userid, "u" * 65, "is invalid: use 1-64 letters"),
     (validate_wecom_userid, "张三", "wecom_userid '张三' is invalid"),
     (validate_wecom_userid, "", "wecom_userid '' is invalid"),
-    (validate_channels, "fax", "unknown channel 'fax': choose from system, email, wecom"),
+    (validate_channels, "fax", f"unknown channel 'fax': choose from {', '.join(CHANNEL_NAMES)}"),
     (validate_channels, "system,sms", "unknown channel 'sms'"),
-    (validate_channels, "", "channels must name at least one of system, email, wecom"),
+    (validate_channels, "", f"channels must name at least one of {', '.join(CHANNEL_NAMES)}"),
     (validate_channels, " , ", "channels must name at least one of"),
     (validate_recipients, [], "recipients must name at least one username"),
     (validate_recipients, ["alice", "bob smith"], "username 'bob smith' is invalid"),
