@@ -30,8 +30,8 @@ from pipeline.recipients import (
 )
 from pipeline.validation import USERNAME_MAX
 
-# The longest address any contact kind takes (an own robot URL); each kind checks its own.
-CONTACT_MAX = 512
+# The longest address any contact kind takes (an own webhook URL); each kind checks its own.
+CONTACT_MAX = 2048
 
 router = APIRouter(tags=["users"])
 
