@@ -78,4 +78,11 @@ start_service RabbitMQ 5672 start_rabbitmq
 # A known vulnerability in requirements.lock fails the run; exit 2 (the vulnerability
 # service did not answer) has already printed its one warning line.
 .venv/bin/python scripts/audit.py || [[ $? -eq 2 ]]
-.venv/bin/pytest -q "$@"
+# Most tests wait on servers or subprocesses, so TEST_WORKERS pytest-xdist workers (4) share
+# the cores; each has its own PostgreSQL databases, RabbitMQ vhost and Redis database. The
+# fault suite keeps to two of them, one test at a time each (its volume runs, the faults). The
+# tests marked serial stop the shared RabbitMQ, so they run alone afterwards. Exit code 5 is
+# "no test was selected" (e.g. a path given).
+run_pytest() { .venv/bin/pytest -q "$@" || [[ $? -eq 5 ]]; }
+run_pytest -n "${TEST_WORKERS:-4}" --dist loadgroup -m "not serial" "$@"
+run_pytest -m serial "$@"

@@ -72,7 +72,7 @@ async def _schemathesis(base: str, token: str, report: Path) -> asyncio.subproce
         "--seed", "20261202",
         "--workers", "1",
         "--request-timeout", "20",
-        "--max-time", "150",
+        "--max-time", "90",
         "--generation-database", "none",
         "--phases", "examples,coverage,fuzzing",
         # Long-lived by design: a stream never "answers".

@@ -20,7 +20,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 JOB = "send_alert_notifications"
 ATTEMPTS = "tocsin_delivery_attempts_total"
-SYSTEM_SENT_LINE = f'{ATTEMPTS}{{channel="system",outcome="sent",reason="none"}} 1.0'
+# Both deliveries recorded: the scrape to judge comes after the last of them, at any speed.
+SENT_LINES = tuple(
+    f'{ATTEMPTS}{{channel="{channel}",outcome="sent",reason="none"}} 1.0'
+    for channel in ("system", "email")
+)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # Series nothing touches in this test: exposed at 0 from the start, never missing.
@@ -134,10 +138,11 @@ async def test_run_serves_metrics_counts_deliveries_and_exits_cleanly_on_sigterm
 
             async def delivered() -> str | None:
                 text = await answered()
-                return text if text is not None and SYSTEM_SENT_LINE in text else None
+                done = text is not None and all(line in text for line in SENT_LINES)
+                return text if done else None
 
-            first = await eventually(answered, timeout=15)
-            final = samples(await eventually(delivered, timeout=20))
+            first = await eventually(answered, timeout=60)
+            final = samples(await eventually(delivered, timeout=90))
     finally:
         code = await server.stop(timeout=30)
     assert code == 0, f"exit {code}:\n{server.stderr[-3000:]}"

@@ -178,7 +178,14 @@ BAD_WEBHOOKS = [
 
 
 def _id(value: object) -> str:
-    text = repr(value)
+    # The same in every pytest-xdist worker: a function by name (its repr holds an address), a
+    # set sorted (its order follows the worker's hash seed).
+    if callable(value):
+        text = getattr(value, "__name__", "")
+    elif isinstance(value, set | frozenset):
+        text = repr(sorted(value))
+    else:
+        text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -40,8 +40,19 @@ PG_ADMIN_DB = "postgres"
 PG_ADMIN_URL = f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_ADMIN_DB}"
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
-# The highest of Redis's 16 default databases, so a test run never flushes db 0.
-REDIS_DB = 15
+
+
+def _redis_dbs() -> tuple[int, int]:
+    # Two of Redis's 16 databases per pytest-xdist worker (gw0, gw1, ...), counting down from
+    # 15, so no test ever flushes db 0: one for the tests, one for the fault suite.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    if index > 6:
+        raise RuntimeError("at most 7 pytest-xdist workers: each takes two Redis databases")
+    return 15 - 2 * index, 14 - 2 * index
+
+
+REDIS_DB, FAULT_REDIS_DB = _redis_dbs()
 AMQP_HOST = "127.0.0.1"
 AMQP_PORT = 5672
 

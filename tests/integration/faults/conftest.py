@@ -11,15 +11,12 @@ import pytest
 from pipeline.config import Settings
 from tests.integration.faults.harness import Cluster, no_orphans
 from tests.support.redis_server import RedisServer
-from tests.support.services import flushed_redis
-
-# Not the unit tests' database 15: the fault suite flushes its own.
-FAULT_REDIS_DB = 14
+from tests.support.services import FAULT_REDIS_DB, flushed_redis
 
 
 @pytest.fixture
 def fault_redis_url() -> Iterator[str]:
-    """URL of Redis database 14, flushed before and after the test."""
+    """URL of the fault suite's Redis database (not the other tests'), flushed around the test."""
     with flushed_redis(FAULT_REDIS_DB) as url:
         yield url
 

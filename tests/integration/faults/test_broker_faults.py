@@ -19,7 +19,9 @@ from tests.support.redis_server import RedisServer
 from tests.support.services import in_ci
 from tests.support.waiting import eventually
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# One fault test at a time, all on one pytest-xdist worker (scripts/test.sh): each runs a
+# producer and several workers against the PostgreSQL that allows 100 connections.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("faults")]
 
 
 async def start(
@@ -83,6 +85,7 @@ async def rabbitmqctl(*args: str) -> None:
 
 @pytest.mark.parametrize("broker", ["amqp"], indirect=True)
 @pytest.mark.timeout(200)
+@pytest.mark.serial  # stops the RabbitMQ every other test shares
 async def test_rabbitmq_restart_mid_run(cluster: Cluster) -> None:
     if shutil.which("rabbitmqctl") is None:
         message = "rabbitmqctl is not installed"

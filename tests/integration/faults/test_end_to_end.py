@@ -11,7 +11,9 @@ from sqlmodel import col
 from pipeline.models import DeliveryAttempt
 from tests.integration.faults.harness import Cluster
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# One volume run at a time, on a pytest-xdist worker of its own beside the fault group
+# (scripts/test.sh): at most two clusters share the PostgreSQL that allows 100 connections.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("volume")]
 
 USERS, ALERTS = 100, 50  # x 2 channels (system, email) = 10,000 notifications
 

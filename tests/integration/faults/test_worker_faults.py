@@ -14,7 +14,9 @@ from sqlmodel import col
 from pipeline.models import DeliveryAttempt, Notification
 from tests.integration.faults.harness import Cluster, Verdict
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# One fault test at a time, all on one pytest-xdist worker (scripts/test.sh): each runs a
+# producer and several workers against the PostgreSQL that allows 100 connections.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("faults")]
 
 
 @pytest.mark.timeout(150)

@@ -414,6 +414,7 @@ async def start_broker() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+@pytest.mark.serial  # stops the RabbitMQ every other test shares
 async def test_the_same_queue_object_recovers_after_the_broker_restarts(
     broker_restart: None, queue: AmqpQueue
 ) -> None:
