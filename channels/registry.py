@@ -11,12 +11,14 @@ from typing import Any
 from channels.base import Channel
 from channels.email import EmailChannel
 from channels.system import SystemChannel
+from channels.webhook import WebhookChannel
 from channels.wecom import WeComChannel
 
 CHANNELS: tuple[type[Channel[Any]], ...] = (
     SystemChannel,
     EmailChannel,
     WeComChannel,
+    WebhookChannel,
 )
 
 # For help texts and the composition roots' defaults; everything else asks its ChannelSet.
