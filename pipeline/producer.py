@@ -198,14 +198,18 @@ class Producer:
             if connection is not None and not await _take_producer_lock(connection):
                 log.info("producer_skipped", why="another producer replica holds the lock")
                 return ProducerReport()
+            started = time.perf_counter()
             try:
-                return await self._run_all()
+                total = await self._run_all(started)
             finally:
                 if connection is not None:
                     await _release_producer_lock(connection)
+        # Logged once the lock is free: whoever reads "producer_pass" may take it at once.
+        seconds = time.perf_counter() - started
+        log.info("producer_pass", duration_ms=round(seconds * 1000, 1), **total.__dict__)
+        return total
 
-    async def _run_all(self) -> ProducerReport:
-        started = time.perf_counter()
+    async def _run_all(self, started: float) -> ProducerReport:
         total = ProducerReport()
         try:
             while (report := await self._run_batch()) is not None:
@@ -217,7 +221,6 @@ class Producer:
         self._metrics.record_producer_run(
             True, seconds, total.alerts, self._clock.now().timestamp()
         )
-        log.info("producer_pass", duration_ms=round(seconds * 1000, 1), **total.__dict__)
         return total
 
     async def produce(self, alert_ids: Sequence[int]) -> ProducerReport:

@@ -81,7 +81,7 @@ async def test_a_debug_run_on_postgres_logs_library_lines_and_never_a_secret(
 
     server = await Server.start("run", env=env, cwd=tmp_path)
     try:
-        await eventually(lambda: _logged(server, "delivery"), timeout=20)
+        await eventually(lambda: _logged(server, "delivery"), timeout=90)
     finally:
         code = await server.stop()
     assert code == 0, server.stderr[-2000:]

@@ -191,7 +191,7 @@ class Daemon:
             except httpx.TransportError:
                 return False
 
-        await eventually(ready, timeout=30)
+        await eventually(ready, timeout=90)
 
     async def stop(self) -> None:
         """Terminates the process, killing it if it overstays."""
@@ -389,7 +389,7 @@ async def start_tocsin(cli: Cli, tmp_path: Path, stack: AsyncExitStack) -> tuple
         assert server.running, f"tocsin run exited early:\n{server.stderr[-3000:]}"
         return '"job_run_success"' in server.stderr
 
-    await eventually(started, timeout=30)
+    await eventually(started, timeout=90)
     return server, f"127.0.0.1:{port}"
 
 

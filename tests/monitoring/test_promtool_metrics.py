@@ -65,7 +65,7 @@ async def test_live_metrics_pass_promtool_lint(tmp_path: Path) -> None:
                 text = response.text
                 return text if SYSTEM_SENT in text and EMAIL_DEAD in text else None
 
-            text: str = await eventually(delivered, timeout=30)
+            text: str = await eventually(delivered, timeout=90)
     finally:
         code = await server.stop(timeout=30)
     assert code == 0, f"exit {code}:\n{server.stderr[-3000:]}"

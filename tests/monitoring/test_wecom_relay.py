@@ -662,7 +662,7 @@ async def test_runs_as_its_own_process(robot: WeComRobot, command: list[str]) ->
                 except httpx.TransportError:
                     return False
 
-            await eventually(healthy, timeout=30)
+            await eventually(healthy, timeout=90)
             listeners = listening_sockets(process.pid)
             sent = await _post(client, notification(_alert()))
             unauthorized = await _post(client, notification(_alert()), Authorization="")

@@ -119,7 +119,7 @@ async def stall_a_worker_past_its_lease(cluster: Cluster, concurrency: int = 4) 
     )
     stalled.send(signal.SIGSTOP)
     cluster.sink.respond_with(451, "4.3.0 try again later", times=None)
-    await cluster.wait_for(lambda: cluster.sink.in_data == 0, timeout=10, what="451 answers")
+    await cluster.wait_for(lambda: cluster.sink.in_data == 0, timeout=60, what="451 answers")
     cluster.sink.reset()  # fast and accepting again
     rescuer = await cluster.spawn_worker("rescuer", channels=("email",), concurrency=8)
     await cluster.settle(timeout=60)
