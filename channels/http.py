@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
+from pydantic import SecretStr, field_validator
 
+from channels.base import ChannelSettings
 from channels.errors import DeliveryError, PermanentError, Reason, TransientError
 from pipeline.outbound import (
+    AllowList,
     Destination,
     PinnedRequest,
     ResolveFailed,
@@ -60,6 +63,40 @@ class _MaskUrls(logging.Filter):
 
 
 _MASK_URLS = _MaskUrls()
+
+
+class PolicySettings(ChannelSettings):
+    """Settings of a channel that calls URLs: the hosts it may call, checked at load.
+
+    A subclass names its allowlist setting and redeclares `allowed_hosts` with its env name.
+    """
+
+    allowed_hosts_setting: ClassVar[str]
+    allowed_hosts: str = ""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowlist(cls, value: str) -> str:
+        AllowList.parse(value, cls.allowed_hosts_setting)  # raises naming the bad entry
+        return value
+
+    @property
+    def allowlist(self) -> AllowList:
+        """The hosts this channel may call."""
+        return AllowList.parse(self.allowed_hosts, self.allowed_hosts_setting)
+
+    def refuse_unless_allowed(
+        self, setting: str, url: SecretStr, check: Callable[[str, AllowList], object]
+    ) -> None:
+        """Raises ValueError naming the setting when check refuses its URL; the message never
+        quotes the URL (a secret), and the CLI prints only the message of a settings error."""
+        value = url.get_secret_value()
+        if not value:
+            return
+        try:
+            check(value, self.allowlist)
+        except UrlRefused as exc:
+            raise ValueError(f"{setting} is refused: {exc}") from None
 
 
 def policy_client(timeout: timedelta, connections: int) -> httpx.AsyncClient:

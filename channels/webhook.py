@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from channels.base import (
     Channel,
     ChannelContext,
-    ChannelSettings,
     ChannelUnavailable,
     Contact,
     Contacts,
@@ -28,16 +27,18 @@ from channels.base import (
     SecretParts,
 )
 from channels.errors import PermanentError, Reason, classify_http, parse_retry_after
-from channels.http import HTTP_REASONS, pinned, policy_client, refused, request
+from channels.http import HTTP_REASONS, PolicySettings, pinned, policy_client, refused, request
 from pipeline.clock import Clock
-from pipeline.outbound import AllowList, Destination, Resolver, UrlRefused, check_url
+from pipeline.outbound import Destination, Resolver, UrlRefused, check_url
 
 SIGNATURE_HEADER = "X-Tocsin-Signature"
 URL_MAX = 2048
 
 
-class WebhookSettings(ChannelSettings):
+class WebhookSettings(PolicySettings):
     """WEBHOOK_*: where to post, the signing secret, and the hosts posts may go to."""
+
+    allowed_hosts_setting = "WEBHOOK_ALLOWED_HOSTS"
 
     enabled: bool = Field(False, validation_alias=AliasChoices("WEBHOOK_ENABLED"))
     # A URL may carry a token in its path or query: it is a secret like the signing key.
@@ -47,27 +48,10 @@ class WebhookSettings(ChannelSettings):
     allowed_hosts: str = Field("", validation_alias=AliasChoices("WEBHOOK_ALLOWED_HOSTS"))
     concurrency: int = Field(8, ge=1, validation_alias=AliasChoices("WEBHOOK_CONCURRENCY"))
 
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _allowlist(cls, value: str) -> str:
-        AllowList.parse(value, "WEBHOOK_ALLOWED_HOSTS")  # raises naming the bad entry
-        return value
-
     @model_validator(mode="after")
     def _url(self) -> WebhookSettings:
-        # Raised from here, not a field validator, so the error never echoes the secret URL.
-        url = self.url.get_secret_value()
-        if url:
-            try:
-                check_url(url, self.allowlist)
-            except UrlRefused as exc:
-                raise ValueError(f"WEBHOOK_URL is refused: {exc}") from None
+        self.refuse_unless_allowed("WEBHOOK_URL", self.url, check_url)
         return self
-
-    @property
-    def allowlist(self) -> AllowList:
-        """The hosts webhook posts may go to (none when WEBHOOK_ALLOWED_HOSTS is empty)."""
-        return AllowList.parse(self.allowed_hosts, "WEBHOOK_ALLOWED_HOSTS")
 
 
 def _check_url(url: str, settings: Any) -> str:

@@ -8,12 +8,11 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 
 from channels.base import (
     Channel,
     ChannelContext,
-    ChannelSettings,
     ChannelUnavailable,
     Contact,
     Contacts,
@@ -30,11 +29,19 @@ from channels.errors import (
     classify_wecom,
     parse_retry_after,
 )
-from channels.http import HTTP_REASONS, json_object, pinned, policy_client, refused, request
+from channels.http import (
+    HTTP_REASONS,
+    PolicySettings,
+    json_object,
+    pinned,
+    policy_client,
+    refused,
+    request,
+)
 from channels.wecom_markdown import render_markdown
 from channels.wecom_url import check_robot_url, robot_key, robot_url, split_robot_url
 from pipeline.clock import Clock
-from pipeline.outbound import AllowList, Destination, Resolver, UrlRefused, system_resolver
+from pipeline.outbound import Destination, Resolver, UrlRefused, system_resolver
 from pipeline.redact import Redactor
 from pipeline.validation import validate_robot_url, validate_wecom_userid
 
@@ -44,8 +51,10 @@ NOT_CONFIGURED = (
 )
 
 
-class WeComSettings(ChannelSettings):
+class WeComSettings(PolicySettings):
     """WECOM_* (the seed system's WECHAT_* names too)."""
+
+    allowed_hosts_setting = "WECOM_ALLOWED_HOSTS"
 
     enabled: bool = Field(False, validation_alias=AliasChoices("WECOM_ENABLED", "WECHAT_ENABLED"))
     webhook_url: SecretStr = Field(
@@ -58,27 +67,10 @@ class WeComSettings(ChannelSettings):
     rate_per_minute: int = Field(20, ge=1, validation_alias=AliasChoices("WECOM_RATE_PER_MINUTE"))
     concurrency: int = Field(8, ge=1, validation_alias=AliasChoices("WECOM_CONCURRENCY"))
 
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _allowlist(cls, value: str) -> str:
-        AllowList.parse(value, "WECOM_ALLOWED_HOSTS")  # raises naming the bad entry
-        return value
-
     @model_validator(mode="after")
     def _robot(self) -> WeComSettings:
-        # Raised from here, not a field validator, so the error never echoes the secret URL.
-        url = self.webhook_url.get_secret_value()
-        if url:
-            try:
-                check_robot_url(url, self.allowlist)
-            except UrlRefused as exc:
-                raise ValueError(f"WECOM_WEBHOOK_URL is refused: {exc}") from None
+        self.refuse_unless_allowed("WECOM_WEBHOOK_URL", self.webhook_url, check_robot_url)
         return self
-
-    @property
-    def allowlist(self) -> AllowList:
-        """The hosts the WeCom channels may call."""
-        return AllowList.parse(self.allowed_hosts, "WECOM_ALLOWED_HOSTS")
 
 
 def _check_userid(userid: str, _settings: Any) -> str:

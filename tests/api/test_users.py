@@ -387,7 +387,8 @@ async def declared_length_answer(api: Api, length: int) -> int:
         )
         await writer.drain()
         try:
-            head = await asyncio.wait_for(reader.readline(), timeout=1)
+            # Long enough for a busy server to refuse; an accepted length is never answered.
+            head = await asyncio.wait_for(reader.readline(), timeout=5)
         except TimeoutError:
             return 0  # the server waits for the body: the length was accepted
     finally:
