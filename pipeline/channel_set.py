@@ -17,7 +17,6 @@ from channels.base import (
     ChannelSettings,
     ChannelUnavailable,
     Contact,
-    Contacts,
     DisabledChannel,
 )
 from channels.errors import Reason
@@ -72,14 +71,6 @@ class ChannelSet:
         settings = {c.name: given.get(c.name) or c.settings_class() for c in classes}
         return cls(classes, settings)
 
-    def only(self, names: Iterable[str]) -> ChannelSet:
-        """The same channels and settings, restricted to names (in this set's order)."""
-        wanted = set(names)
-        return ChannelSet(
-            [c for n, c in self.classes.items() if n in wanted],
-            {n: s for n, s in self.settings.items() if n in wanted},
-        )
-
     @property
     def names(self) -> tuple[str, ...]:
         """Every channel name, in registry order."""
@@ -101,10 +92,6 @@ class ChannelSet:
     def deferrable(self, name: str) -> bool:
         """Whether the channel waits out quiet hours (the in-app inbox does not)."""
         return self.classes[name].deferrable
-
-    def reachable(self, name: str, contacts: Contacts) -> bool:
-        """Whether a recipient with these contacts can be reached on the channel."""
-        return self.classes[name].reachable(contacts)
 
     def parse(self, text: str) -> frozenset[str]:
         """Returns the channel names in "system,email", or raises InputError naming the choices."""

@@ -85,12 +85,6 @@ def test_an_unavailable_channel_is_built_disabled_saying_why() -> None:
     assert isinstance(pager_set(enabled=True).build(context, ["pager"])["pager"], Pager)
 
 
-def test_only_keeps_the_named_channels_in_order() -> None:
-    channels = pager_set().only(["pager", "system"])
-    assert channels.names == ("system", "pager")
-    assert set(channels.settings) == {"system", "pager"}
-
-
 @pytest.mark.parametrize("missing", ["name", "settings_class", "reasons"])
 def test_a_channel_that_does_not_declare_itself_is_refused(missing: str) -> None:
     declared = {
