@@ -119,7 +119,11 @@ class Channel(ABC, Generic[S]):
 
     @classmethod
     def reachable(cls, contacts: Contacts) -> bool:
-        """Tells whether a recipient with these contacts can be reached on this channel."""
+        """Tells whether a recipient with these contacts can be reached on this channel.
+
+        By default everyone is: a channel with a global destination (WeCom's group robot,
+        WEBHOOK_URL) says in render when neither it nor the recipient's own one is set.
+        """
         return True
 
     async def start(self) -> None:

@@ -22,7 +22,6 @@ from channels.base import (
     ChannelContext,
     ChannelUnavailable,
     Contact,
-    Contacts,
     Delivery,
     SecretParts,
 )
@@ -122,11 +121,6 @@ class WebhookChannel(Channel[WebhookSettings]):
                 "set WEBHOOK_ENABLED=true and WEBHOOK_SECRET (receivers verify with it)"
             )
         return cls(settings, context.clock, context.resolver, context.send_timeout)
-
-    @classmethod
-    def reachable(cls, contacts: Contacts) -> bool:
-        # WEBHOOK_URL reaches everyone; render says so when neither it nor an own URL is set.
-        return True
 
     def render(self, delivery: Delivery) -> WebhookPayload:
         url = delivery.contacts.get(WEBHOOK_URL.kind) or self._default_url

@@ -15,7 +15,6 @@ from channels.base import (
     ChannelContext,
     ChannelUnavailable,
     Contact,
-    Contacts,
     Delivery,
     SecretParts,
 )
@@ -169,11 +168,6 @@ class WeComChannel(Channel[WeComSettings]):
         if not settings.enabled:
             raise ChannelUnavailable("set WECOM_ENABLED=true (and WECOM_WEBHOOK_URL)")
         return cls(settings, context.clock, context.resolver, context.send_timeout)
-
-    @classmethod
-    def reachable(cls, contacts: Contacts) -> bool:
-        # Everyone is reachable through the global group robot; render says if there is none.
-        return True
 
     def render(self, delivery: Delivery) -> WeComPayload:
         url = delivery.contacts.get(WECOM_WEBHOOK.kind) or self._default_url

@@ -88,6 +88,14 @@ def usable(stored: StoredContacts, channels: ChannelSet) -> dict[str, str]:
     }
 
 
+async def load_usable(
+    session: AsyncSession, recipient_ids: Collection[int], channels: ChannelSet
+) -> dict[int, dict[str, str]]:
+    """Each recipient's addresses as channels use them (one without any is absent)."""
+    stored = await load_contacts(session, recipient_ids)
+    return {recipient_id: usable(found, channels) for recipient_id, found in stored.items()}
+
+
 def shown(stored: StoredContacts, channels: ChannelSet) -> dict[str, str]:
     """The addresses as views show them: secret parts masked."""
     return {

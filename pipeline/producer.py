@@ -16,7 +16,7 @@ from channels.errors import Reason
 from monitoring.metrics import Metrics
 from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.clock import Clock
-from pipeline.contacts import load_contacts, usable
+from pipeline.contacts import load_usable
 from pipeline.db import SessionFactory
 from pipeline.models import (
     Alert,
@@ -334,11 +334,12 @@ class Producer:
             .order_by(col(AlertRecipient.alert_id), col(Recipient.id))
         )
         rows = list(await session.execute(statement))
-        stored = await load_contacts(session, {recipient.id for _, recipient, _ in rows})
+        ids = {recipient.id for _, recipient, _ in rows}
+        contacts = await load_usable(session, ids, self._channels)
         by_alert: dict[int, list[RecipientView]] = {}
         for alert_id, recipient, settings in rows:
-            contacts = usable(stored.get(recipient.id, {}), self._channels)
-            view = recipient_view(recipient, settings, contacts, self._channels.defaults)
+            found = contacts.get(recipient.id, {})
+            view = recipient_view(recipient, settings, found, self._channels.defaults)
             by_alert.setdefault(alert_id, []).append(view)
         return by_alert
 

@@ -14,7 +14,7 @@ from sqlmodel import col
 from channels.base import Delivery
 from channels.errors import Reason
 from pipeline.channel_set import ChannelSet
-from pipeline.contacts import load_contacts, usable
+from pipeline.contacts import load_usable
 from pipeline.db import SessionFactory
 from pipeline.models import Alert, Notification, NotificationSettings, Outcome, Recipient, State
 from pipeline.preferences import enabled_channels
@@ -113,10 +113,10 @@ async def _load(
         .order_by(col(Notification.id))
     )
     rows = list(await session.execute(statement))
-    stored = await load_contacts(session, {n.recipient_id for n, _, _, _ in rows})
+    contacts = await load_usable(session, {n.recipient_id for n, _, _, _ in rows}, channels)
     for notification, alert, recipient, settings in rows:
-        contacts = stored.get(notification.recipient_id, {})
-        delivery = _delivery(notification, alert, recipient, usable(contacts, channels))
+        found = contacts.get(notification.recipient_id, {})
+        delivery = _delivery(notification, alert, recipient, found)
         reason = _suppression(alert, settings, notification.channel, channels.defaults, now)
         if reason is None:
             result.deliveries.append(delivery)
