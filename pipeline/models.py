@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
@@ -305,3 +314,32 @@ class GroupMember(SQLModel, table=True):
 
     group_id: int = Field(foreign_key="recipient_groups.id", primary_key=True)
     recipient_id: int = Field(foreign_key="recipients.id", primary_key=True)
+
+
+class SendBudget(SQLModel, table=True):
+    """A provider's rate budget for one destination key (a WeCom robot key), shared by replicas.
+
+    Keyed by a digest, never the key itself (the key is a secret). Its row is the lock every
+    replica takes to spend the budget; `closed_until` is set when the provider said "too fast".
+    """
+
+    __tablename__ = "send_budgets"
+
+    key_digest: str = Field(sa_column=Column(String(64), primary_key=True))
+    closed_until: datetime | None = _utc(nullable=True)
+    last_used_at: datetime | None = _utc(nullable=True)
+
+
+class SendBudgetSlot(SQLModel, table=True):
+    """One post counted against a budget, until `frees_at` (its send's end plus the window)."""
+
+    __tablename__ = "send_budget_slots"
+    __table_args__ = (Index("ix_send_budget_slots_key", "key_digest", "frees_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key_digest: str = Field(
+        sa_column=Column(
+            String(64), ForeignKey("send_budgets.key_digest", ondelete="CASCADE"), nullable=False
+        )
+    )
+    frees_at: datetime = _utc()
