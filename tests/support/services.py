@@ -45,8 +45,10 @@ REDIS_PORT = 6379
 def _redis_dbs() -> tuple[int, int]:
     # Two of Redis's 16 databases per pytest-xdist worker (gw0, gw1, ...), counting down from
     # 15, so no test ever flushes db 0: one for the tests, one for the fault suite.
+    # TOCSIN_TEST_REDIS_OFFSET shifts them, so two checkouts can run their suites side by side.
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) if worker.isdigit() else 0
+    index += int(os.environ.get("TOCSIN_TEST_REDIS_OFFSET", "0"))
     if index > 6:
         raise RuntimeError("at most 7 pytest-xdist workers: each takes two Redis databases")
     return 15 - 2 * index, 14 - 2 * index
