@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from channels.errors import PermanentError, Reason
+from channels.errors import DeliveryError, PermanentError, Reason
 from pipeline.outbound import Resolver, system_resolver
 
 if TYPE_CHECKING:
@@ -80,6 +80,19 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One provider call's worth: the deliveries it carries and the payload sent for them."""
+
+    deliveries: tuple[Delivery, ...]
+    payload: Any
+
+
+# The deliveries of a message that failed on their own, by notification id (a provider may
+# refuse some addressees of one call and take the rest).
+Failures = Mapping[int, DeliveryError]
+
+
+@dataclass(frozen=True)
 class ChannelContext:
     """Shared resources a channel may use besides its settings."""
 
@@ -111,6 +124,9 @@ class Channel(ABC, Generic[S]):
     # Whether a recipient who never chose channels gets this one; an opt-in channel says False,
     # so adding it notifies nobody new until a recipient's channels name it.
     by_default: ClassVar[bool] = True
+    # Whether notifications of one alert that go to one destination are sent as one provider
+    # call: the claim then takes an alert's due siblings along, and group_key groups them.
+    coalesces: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -137,9 +153,23 @@ class Channel(ABC, Generic[S]):
     def render(self, delivery: Delivery) -> Any:
         """Turns a delivery into this channel's payload, within its size limits."""
 
+    def group_key(self, delivery: Delivery) -> Hashable | None:
+        """Names the destination a coalescing channel sends this delivery to; None: alone.
+
+        Deliveries of one alert with the same key are rendered together by render_group.
+        """
+        return None
+
+    def render_group(self, deliveries: Sequence[Delivery]) -> list[Message]:
+        """Turns deliveries with one group key into messages (one call each, usually one)."""
+        return [Message((delivery,), self.render(delivery)) for delivery in deliveries]
+
     @abstractmethod
-    async def send(self, payload: Any) -> None:
-        """Sends one payload; returns on success, raises a DeliveryError otherwise."""
+    async def send(self, payload: Any) -> Failures | None:
+        """Sends one payload; returns on success, raises a DeliveryError otherwise.
+
+        A payload for several deliveries may succeed for some: it returns the others' errors.
+        """
 
     async def aclose(self) -> None:
         """Releases connections; the default channel holds none."""

@@ -93,6 +93,10 @@ class ChannelSet:
         """Whether the channel waits out quiet hours (the in-app inbox does not)."""
         return self.classes[name].deferrable
 
+    def coalesces(self, name: str) -> bool:
+        """Whether the channel sends an alert's notifications to one destination as one call."""
+        return name in self.classes and self.classes[name].coalesces
+
     def parse(self, text: str) -> frozenset[str]:
         """Returns the channel names in "system,email", or raises InputError naming the choices."""
         names = [name.strip().lower() for name in text.split(",") if name.strip()]

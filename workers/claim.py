@@ -22,6 +22,9 @@ from pipeline.producer import alert_suppression, content_suppression
 from pipeline.sql import first_ints
 from workers.outcome import AttemptResult
 
+# How many siblings one claim takes along (a WeCom app message addresses up to 1,000 users).
+MAX_SIBLINGS = 1000
+
 
 @dataclass
 class Claim:
@@ -59,8 +62,13 @@ async def claim(
     """
     result = Claim(token=token, lease_until=now + lease)
     async with sessions() as session, session.begin():
-        claimed = await _take(session, ids, token, result.lease_until, now)
+        taken = await _take(session, ids, token, result.lease_until, now)
+        claimed = {notification_id for notification_id, _, _ in taken}
         await _sort_unclaimed(session, set(ids) - claimed, result)
+        for channel, alert_ids in _coalesced_alerts(taken, channels).items():
+            claimed |= await _take_siblings(
+                session, channel, alert_ids, token, result.lease_until, now
+            )
         if claimed:
             await _load(session, claimed, now, channels, result)
     return result
@@ -68,7 +76,8 @@ async def claim(
 
 async def _take(
     session: AsyncSession, ids: Sequence[int], token: str, lease_until: datetime, now: datetime
-) -> set[int]:
+) -> list[tuple[int, int, str]]:
+    """Claims the QUEUED rows among ids; returns (id, alert id, channel) of each claimed row."""
     rows = await session.execute(
         update(Notification)
         .where(
@@ -81,6 +90,54 @@ async def _take(
                 ),
             ),
         )
+        .values(
+            state=State.SENDING.value, claim_token=token, lease_until=lease_until, updated_at=now
+        )
+        .returning(col(Notification.id), col(Notification.alert_id), col(Notification.channel))
+    )
+    return [(int(id_), int(alert_id), str(channel)) for id_, alert_id, channel in rows]
+
+
+def _coalesced_alerts(
+    taken: list[tuple[int, int, str]], channels: ChannelSet
+) -> dict[str, set[int]]:
+    alerts: dict[str, set[int]] = {}
+    for _, alert_id, channel in taken:
+        if channels.coalesces(channel):
+            alerts.setdefault(channel, set()).add(alert_id)
+    return alerts
+
+
+async def _take_siblings(
+    session: AsyncSession,
+    channel: str,
+    alert_ids: set[int],
+    token: str,
+    lease_until: datetime,
+    now: datetime,
+) -> set[int]:
+    """Claims the other due rows of these alerts on a coalescing channel, up to a bound.
+
+    Here every sibling is visible, whichever message arrived first and however the batch
+    filled: queued ones (their own messages are then dropped as stale) and due ones the relay
+    has not published yet. Rows still waiting (quiet hours, a retry) stay where they are.
+    """
+    due = or_(
+        col(Notification.state) == State.QUEUED.value,
+        and_(col(Notification.state) == State.PENDING.value, col(Notification.not_before) <= now),
+    )
+    siblings = (
+        select(col(Notification.id))
+        .where(col(Notification.alert_id).in_(alert_ids), col(Notification.channel) == channel, due)
+        .order_by(col(Notification.id))
+        .limit(MAX_SIBLINGS)
+        .scalar_subquery()
+    )
+    rows = await session.execute(
+        update(Notification)
+        # The state is checked again on the row itself: a sibling another worker took first
+        # is no longer due, and stays its.
+        .where(col(Notification.id).in_(siblings), due)
         .values(
             state=State.SENDING.value, claim_token=token, lease_until=lease_until, updated_at=now
         )

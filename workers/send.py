@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
 
-from channels.base import Channel, Delivery
+from channels.base import Channel, Delivery, Failures, Message
 from channels.errors import DeliveryError, PermanentError, RateLimited, Reason, TransientError
 from pipeline.clock import Clock
 from pipeline.models import Outcome
@@ -32,14 +34,45 @@ def outcome_of(error: DeliveryError) -> Outcome:
     return Outcome.TRANSIENT
 
 
+def render(
+    channel: Channel[Any], deliveries: Sequence[Delivery], clock: Clock, redact: Redactor
+) -> tuple[list[Message], list[AttemptResult]]:
+    """Renders a group into messages; if that fails, every delivery of the group fails with it."""
+    try:
+        return channel.render_group(deliveries), []
+    except DeliveryError as error:
+        failed = error
+    except Exception as exc:  # a channel bug must cost one attempt, not the worker
+        log.exception("channel_crashed", channel=deliveries[0].channel, stage="render")
+        failed = TransientError(Reason.INTERNAL_ERROR, type(exc).__name__)
+    now = clock.now()
+    return [], [_result(delivery, failed, now, 0.0, redact) for delivery in deliveries]
+
+
 async def attempt(
-    channel: Channel[Any], delivery: Delivery, clock: Clock, timeout: float, redact: Redactor
-) -> AttemptResult:
-    """Tries one delivery; never raises, so one bad message cannot stop a worker."""
+    channel: Channel[Any], message: Message, clock: Clock, timeout: float, redact: Redactor
+) -> list[AttemptResult]:
+    """Sends one message; never raises, so one bad message cannot stop a worker.
+
+    Every delivery of the message shares its outcome, except those the provider refused alone.
+    """
     started_at = clock.now()
     t0 = time.perf_counter()
-    error = await _send(channel, delivery, timeout)
+    failures = await _send(channel, message, timeout)
     duration = time.perf_counter() - t0
+    return [
+        _result(delivery, failures.get(delivery.notification_id), started_at, duration, redact)
+        for delivery in message.deliveries
+    ]
+
+
+def _result(
+    delivery: Delivery,
+    error: DeliveryError | None,
+    started_at: datetime,
+    duration: float,
+    redact: Redactor,
+) -> AttemptResult:
     if error is None:
         return AttemptResult(delivery, Outcome.SENT, started_at, duration)
     return AttemptResult(
@@ -53,15 +86,15 @@ async def attempt(
     )
 
 
-async def _send(channel: Channel[Any], delivery: Delivery, timeout: float) -> DeliveryError | None:
+async def _send(channel: Channel[Any], message: Message, timeout: float) -> Failures:
     try:
-        payload = channel.render(delivery)
-        await asyncio.wait_for(channel.send(payload), timeout)
+        return await asyncio.wait_for(channel.send(message.payload), timeout) or {}
     except DeliveryError as error:
-        return error
+        failed: DeliveryError = error
     except TimeoutError:
-        return TransientError(Reason.TIMEOUT, f"no answer within {timeout:g}s")
+        failed = TransientError(Reason.TIMEOUT, f"no answer within {timeout:g}s")
     except Exception as exc:  # a channel bug must cost one attempt, not the worker
-        log.exception("channel_crashed", channel=delivery.channel, id=delivery.notification_id)
-        return TransientError(Reason.INTERNAL_ERROR, type(exc).__name__)
-    return None
+        channel_name = message.deliveries[0].channel
+        log.exception("channel_crashed", channel=channel_name, stage="send")
+        failed = TransientError(Reason.INTERNAL_ERROR, type(exc).__name__)
+    return {delivery.notification_id: failed for delivery in message.deliveries}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,7 +30,7 @@ from workers.claim import Claim, claim, new_token
 from workers.outcome import AttemptResult
 from workers.record import record, report
 from workers.retry import RetryPolicy
-from workers.send import attempt
+from workers.send import attempt, render
 
 log = structlog.get_logger("tocsin.worker")
 
@@ -280,37 +280,55 @@ class Worker:
             log.info("duplicate_messages_dropped", channel=channel, count=len(claimed.stale))
 
     async def _send_all(self, channel: str, claimed: Claim) -> list[AttemptResult]:
+        groups = coalesce(self._channels[channel], claimed.deliveries)
         sends = await asyncio.gather(
-            *(self._send_one(channel, d, claimed.lease_until) for d in claimed.deliveries)
+            *(self._send_group(channel, group, claimed.lease_until) for group in groups)
         )
-        sent = [result for result in sends if result is not None]
-        if abandoned := len(sends) - len(sent):
+        sent = [result for results in sends for result in results if result is not None]
+        if abandoned := sum(len(results) for results in sends) - len(sent):
             # A stall (GC, SIGSTOP, an overloaded host) ate the lease: the relay hands these
             # rows to another worker, so sending them now could deliver them twice.
             log.warning("sends_abandoned", channel=channel, count=abandoned, why="lease ran out")
             self._metrics.record_abandoned(channel, abandoned)
         return [*sent, *claimed.suppressed]
 
-    async def _send_one(
-        self, channel: str, delivery: Delivery, lease_until: datetime
-    ) -> AttemptResult | None:
-        """Sends one delivery, or returns None if its lease could run out before it finished."""
+    async def _send_group(
+        self, channel: str, group: list[Delivery], lease_until: datetime
+    ) -> list[AttemptResult | None]:
+        """Sends one group's messages in order; None for a delivery whose lease could run out."""
         timeout = self._config.send_timeout
         gauge = self._metrics.in_flight.labels(channel=channel)
+        sender = self._channels[channel]
         async with self._sends[channel]:
-            if self._clock.now() + timeout > lease_until:
-                return None
-            gauge.inc()
-            try:
-                return await attempt(
-                    self._channels[channel],
-                    delivery,
-                    self._clock,
-                    timeout.total_seconds(),
-                    self._redact,
-                )
-            finally:
-                gauge.dec()
+            messages, results = render(sender, group, self._clock, self._redact)
+            outcomes: list[AttemptResult | None] = list(results)
+            for message in messages:
+                if self._clock.now() + timeout > lease_until:
+                    outcomes.extend(None for _ in message.deliveries)
+                    continue
+                gauge.inc()
+                try:
+                    outcomes.extend(
+                        await attempt(
+                            sender, message, self._clock, timeout.total_seconds(), self._redact
+                        )
+                    )
+                finally:
+                    gauge.dec()
+            return outcomes
+
+
+def coalesce(channel: Channel[Any], deliveries: Sequence[Delivery]) -> list[list[Delivery]]:
+    """Groups deliveries of one alert to one destination; the rest each go alone, in order."""
+    groups: dict[Hashable, list[Delivery]] = {}
+    alone: list[list[Delivery]] = []
+    for delivery in deliveries:
+        key = channel.group_key(delivery)
+        if key is None:
+            alone.append([delivery])
+        else:
+            groups.setdefault((delivery.alert_id, key), []).append(delivery)
+    return [*groups.values(), *alone]
 
 
 async def _take_slots(slots: asyncio.Semaphore, most: int) -> int:

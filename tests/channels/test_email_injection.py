@@ -30,8 +30,8 @@ from tests.support.email_channel import (
     parsed,
     wire_lines,
 )
+from tests.support.pipeline import attempt_one
 from tests.support.smtp_server import SmtpSink
-from workers.send import attempt
 
 MESSAGE_ID = f"<tocsin.42.{INSTALLATION.replace('-', '')}@alerts.example.org>"
 HEADERS = ["content-type", "date", "from", "message-id", "mime-version", "subject", "to"]
@@ -221,7 +221,7 @@ async def test_refused_addresses_never_reach_the_smtp_server(
     channel = EmailChannel.from_settings(make_settings(smtp_server), make_context(sessions))
     await channel.start()
     # The worker's own step: render and send, every failure turned into a recorded result.
-    result = await attempt(
+    result = await attempt_one(
         channel, make_delivery(email=address), ManualClock(NOW), 5.0, Redactor([])
     )
     await channel.aclose()

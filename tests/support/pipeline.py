@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlmodel import col
 
+from channels.base import Channel, Delivery
 from pipeline.alerts import AlertInput, create_alert
 from pipeline.app import App
 from pipeline.channel_set import ChannelSet
@@ -18,7 +19,10 @@ from pipeline.clock import Clock, ManualClock
 from pipeline.config import Settings
 from pipeline.models import Alert, DeliveryAttempt, Notification
 from pipeline.recipients import RecipientInput, RecipientRecord, upsert_recipient
+from pipeline.redact import Redactor
 from tests.support.channels import pinned
+from workers.outcome import AttemptResult
+from workers.send import attempt, render
 
 START = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)  # 12:00 in Asia/Shanghai
 
@@ -110,3 +114,14 @@ async def cycle(app: App) -> int:
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """Returns a metric sample's value (0 when absent)."""
     return registry.get_sample_value(name, labels) or 0.0
+
+
+async def attempt_one(
+    channel: Channel[Any], delivery: Delivery, clock: Clock, timeout: float, redact: Redactor
+) -> AttemptResult:
+    """What the worker does with one delivery: render it, send it, turn failures into a result."""
+    messages, failed = render(channel, [delivery], clock, redact)
+    for message in messages:
+        failed.extend(await attempt(channel, message, clock, timeout, redact))
+    [result] = failed
+    return result

@@ -27,6 +27,7 @@ from tests.support.pipeline import (
     START,
     add_alert,
     add_user,
+    attempt_one,
     attempts_of,
     open_app,
     rows,
@@ -36,7 +37,6 @@ from tests.support.proxy import FaultProxy
 from tests.support.waiting import eventually
 from workers.claim import claim, new_token
 from workers.record import record
-from workers.send import attempt
 from workers.worker import WorkerConfig
 
 
@@ -126,7 +126,7 @@ async def test_recording_a_batch_again_stores_it_once(db_settings: Settings) -> 
             app.sessions, [row.id or 0], clock.now(), timedelta(minutes=2), token, app.channels
         )
         inbox = app.worker(["system"])._channels["system"]
-        [result] = [await attempt(inbox, d, clock, 5.0, app.redact) for d in claimed.deliveries]
+        [result] = [await attempt_one(inbox, d, clock, 5.0, app.redact) for d in claimed.deliveries]
         first = await record(app.sessions, [result], token, app.policy, clock.now(), "w")
         again = await record(app.sessions, [result], token, app.policy, clock.now(), "w")
         stored = await attempts_of(app, row.id or 0)

@@ -20,6 +20,7 @@ from tests.support.pipeline import (
     START,
     add_alert,
     add_user,
+    attempt_one,
     attempts_of,
     cycle,
     open_app,
@@ -31,7 +32,6 @@ from tests.support.smtp_server import SmtpSink
 from tests.support.wecom_server import WeComRobot
 from workers.claim import claim, new_token
 from workers.record import record
-from workers.send import attempt
 
 
 async def test_delivers_over_email_wecom_and_the_inbox(
@@ -184,7 +184,7 @@ async def test_a_late_result_does_not_overwrite_a_completed_row(db_settings: Set
         assert report.lease_expired == 1
         assert await app.worker().run_until_idle() == 1
         channel = app.worker(["system"])._channels["system"]
-        late = await attempt(channel, stalled.deliveries[0], clock, 5.0, app.redact)
+        late = await attempt_one(channel, stalled.deliveries[0], clock, 5.0, app.redact)
         recorded = await record(
             app.sessions, [late], stalled.token, app.policy, clock.now(), "stalled"
         )
