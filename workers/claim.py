@@ -95,7 +95,7 @@ async def _take(
         )
         .returning(col(Notification.id), col(Notification.alert_id), col(Notification.channel))
     )
-    return [(int(id_), int(alert_id), str(channel)) for id_, alert_id, channel in rows]
+    return [(id_ or 0, alert_id, channel) for id_, alert_id, channel in rows]
 
 
 def _coalesced_alerts(
