@@ -1,14 +1,20 @@
-"""The WeCom group-robot channel: markdown messages to a webhook, rate limited per robot key."""
+"""The WeCom group-robot channel: one markdown post per alert and robot, within a shared budget.
+
+The notifications of one alert that go to the same robot are one post mentioning every
+recipient (the claim takes the alert's due siblings along). Each robot key may take
+WECOM_RATE_LIMIT posts (20 a minute) across every replica, counted in the database.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httpx
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from channels.base import (
     Channel,
@@ -16,6 +22,7 @@ from channels.base import (
     ChannelUnavailable,
     Contact,
     Delivery,
+    Message,
     SecretParts,
 )
 from channels.errors import (
@@ -37,14 +44,15 @@ from channels.http import (
     refused,
     request,
 )
-from channels.wecom_markdown import render_markdown
+from channels.wecom_markdown import compose
 from channels.wecom_url import check_robot_url, robot_key, robot_url, split_robot_url
-from pipeline.clock import Clock
-from pipeline.outbound import Destination, Resolver, UrlRefused, system_resolver
+from pipeline.budget import Grant, RateLimit, SendBudgets
+from pipeline.outbound import Destination, UrlRefused
 from pipeline.redact import Redactor
 from pipeline.validation import validate_robot_url, validate_wecom_userid
 
 RATE_WINDOW = timedelta(seconds=60)
+_FULL_TEXT_URL = re.compile(r"https?://[^\s()]*\{alert_id\}[^\s()]*")
 NOT_CONFIGURED = (
     "no WeCom webhook configured: set WECOM_WEBHOOK_URL or the recipient's wecom_webhook"
 )
@@ -63,13 +71,43 @@ class WeComSettings(PolicySettings):
     allowed_hosts: str = Field(
         "qyapi.weixin.qq.com", validation_alias=AliasChoices("WECOM_ALLOWED_HOSTS")
     )
-    rate_per_minute: int = Field(20, ge=1, validation_alias=AliasChoices("WECOM_RATE_PER_MINUTE"))
+    # Posts per robot key in any window, for the whole deployment (WeCom allows 20 a minute).
+    rate_limit: RateLimit = Field(
+        RateLimit(20, RATE_WINDOW),
+        validation_alias=AliasChoices("WECOM_RATE_LIMIT", "WECOM_RATE_PER_MINUTE"),
+    )
+    # How many numbered parts one long message may take before its body is cut short.
+    max_parts: int = Field(5, ge=1, le=20, validation_alias=AliasChoices("WECOM_MAX_PARTS"))
+    # Where a cut-short post points for the full text: a URL with {alert_id} in it.
+    full_text_url: str = Field("", validation_alias=AliasChoices("WECOM_FULL_TEXT_URL"))
     concurrency: int = Field(8, ge=1, validation_alias=AliasChoices("WECOM_CONCURRENCY"))
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate_limit(cls, value: object) -> RateLimit:
+        return value if isinstance(value, RateLimit) else RateLimit.parse(str(value))
+
+    @field_validator("full_text_url")
+    @classmethod
+    def _full_text_url(cls, value: str) -> str:
+        if value and not _FULL_TEXT_URL.fullmatch(value):
+            raise ValueError(
+                "WECOM_FULL_TEXT_URL must be an http(s) URL with {alert_id} in it, without"
+                " spaces or parentheses"
+            )
+        return value
 
     @model_validator(mode="after")
     def _robot(self) -> WeComSettings:
-        self.refuse_unless_allowed("WECOM_WEBHOOK_URL", self.webhook_url, check_robot_url)
+        for url in self.pool:
+            self.refuse_unless_allowed("WECOM_WEBHOOK_URL", SecretStr(url), check_robot_url)
         return self
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        """The global robot's URLs: one, or several robots in one group taking turns."""
+        text = self.webhook_url.get_secret_value()
+        return tuple(url.strip() for url in text.split(",") if url.strip())
 
 
 def _check_userid(userid: str, _settings: Any) -> str:
@@ -96,33 +134,14 @@ WECOM_WEBHOOK = Contact(
 
 @dataclass(frozen=True)
 class WeComPayload:
-    """One robot message: the webhook and its key (secrets, never printed) and the JSON body.
+    """One robot post: its robot's URLs (a pool, or one) by key, and a body per numbered part.
 
-    send() checks the URL against the policy again: a payload is never trusted to be checked.
+    URLs and keys are secrets, never printed. send() checks each URL against the policy again:
+    a payload is never trusted to be checked.
     """
 
-    url: str = field(repr=False)
-    key: str = field(repr=False)
-    body: dict[str, Any]
-
-
-class SlidingWindowLimiter:
-    """Allows at most `limit` events per key in any window of `window`, judged by a given time."""
-
-    def __init__(self, limit: int, window: timedelta = RATE_WINDOW) -> None:
-        self._limit = limit
-        self._window = window
-        self._events: dict[str, deque[datetime]] = {}
-
-    def wait_time(self, key: str, now: datetime) -> timedelta | None:
-        """Records an event for key and returns None, or returns how long until a slot frees."""
-        events = self._events.setdefault(key, deque())
-        while events and events[0] <= now - self._window:
-            events.popleft()
-        if len(events) >= self._limit:
-            return events[0] + self._window - now
-        events.append(now)
-        return None
+    urls: dict[str, str] = field(repr=False)
+    bodies: tuple[dict[str, Any], ...]
 
 
 class WeComChannel(Channel[WeComSettings]):
@@ -149,33 +168,49 @@ class WeComChannel(Channel[WeComSettings]):
         Reason.CHANNEL_DISABLED,
     )
 
+    coalesces = True
+
     def __init__(
         self,
         settings: WeComSettings,
-        clock: Clock,
-        resolver: Resolver = system_resolver,
-        send_timeout: timedelta = timedelta(seconds=30),
+        context: ChannelContext,
     ) -> None:
-        self._default_url = settings.webhook_url.get_secret_value()
+        self._pool = settings.pool
         self._allow = settings.allowlist
-        self._resolver = resolver
-        self._clock = clock
-        self._limiter = SlidingWindowLimiter(settings.rate_per_minute)
-        self._client = policy_client(send_timeout, settings.concurrency)
+        self._max_parts = min(settings.max_parts, settings.rate_limit.count)
+        self._full_text_url = settings.full_text_url
+        self._resolver = context.resolver
+        self._clock = context.clock
+        self._hold = context.send_timeout
+        self._budgets = SendBudgets(context.session_factory, self.name, settings.rate_limit)
+        self._client = policy_client(context.send_timeout, settings.concurrency)
 
     @classmethod
     def from_settings(cls, settings: WeComSettings, context: ChannelContext) -> WeComChannel:
         if not settings.enabled:
             raise ChannelUnavailable("set WECOM_ENABLED=true (and WECOM_WEBHOOK_URL)")
-        return cls(settings, context.clock, context.resolver, context.send_timeout)
+        return cls(settings, context)
+
+    def group_key(self, delivery: Delivery) -> tuple[str, ...] | None:
+        """The robot (or pool) the delivery goes to: the recipient's own, else the global one."""
+        own = delivery.contacts.get(WECOM_WEBHOOK.kind)
+        return (own,) if own else self._pool or None
 
     def render(self, delivery: Delivery) -> WeComPayload:
-        url = delivery.contacts.get(WECOM_WEBHOOK.kind) or self._default_url
-        if not url:
+        [message] = self.render_group([delivery])
+        return cast(WeComPayload, message.payload)
+
+    def render_group(self, deliveries: Sequence[Delivery]) -> list[Message]:
+        """One post (in numbered parts if long) mentioning every recipient of the group."""
+        urls = self.group_key(deliveries[0])
+        if urls is None:
             raise PermanentError(Reason.CHANNEL_DISABLED, NOT_CONFIGURED)
-        destination = self._check(url)
-        body = {"msgtype": "markdown", "markdown": {"content": render_markdown(delivery)}}
-        return WeComPayload(url=url, key=robot_key(destination.query), body=body)
+        by_key = {robot_key(self._check(url).query): url for url in urls}
+        posts = compose(deliveries, max_parts=self._max_parts, full_text=self._full_text_url)
+        return [
+            Message(post.deliveries, WeComPayload(by_key, tuple(map(_markdown, post.parts))))
+            for post in posts
+        ]
 
     def _check(self, url: str) -> Destination:
         try:
@@ -184,14 +219,41 @@ class WeComChannel(Channel[WeComSettings]):
             raise refused("WeCom webhook", exc) from None
 
     async def send(self, payload: WeComPayload) -> None:
-        wait = self._limiter.wait_time(payload.key, self._clock.now())
-        if wait is not None:
+        """Posts each part within the robot's shared budget, in order.
+
+        Without budget for every part the post waits whole (rate limited, in the database). A
+        45009 closes the key for a window. A part that fails fails the post: it is retried
+        whole, earlier parts included (the group may see those twice).
+        """
+        grant = await self._budgets.reserve(
+            list(payload.urls), len(payload.bodies), self._clock.now(), self._hold
+        )
+        if not isinstance(grant, Grant):
             raise RateLimited(
-                Reason.RATE_LIMITED, "WeCom robot's per-minute budget is spent", retry_after=wait
+                Reason.RATE_LIMITED,
+                f"the robot's budget of {self._budgets.limit} posts is spent",
+                retry_after=grant,
             )
-        target = await pinned(payload.url, self._check_url, self._resolver, "WeCom webhook")
-        response = await request(self._client, "POST", target, json=payload.body)
-        error = classify_response(response, Redactor([payload.url, payload.key]))
+        answered: list[tuple[int, datetime]] = []
+        try:
+            for (key, slot), body in zip(grant.slots, payload.bodies, strict=True):
+                try:
+                    await self._post(payload.urls[key], key, body)
+                finally:
+                    answered.append((slot, self._clock.now()))
+        finally:
+            used = {slot for slot, _ in answered}
+            unused = [slot for _, slot in grant.slots if slot not in used]
+            await self._budgets.settle(answered, unused)
+
+    async def _post(self, url: str, key: str, body: dict[str, Any]) -> None:
+        target = await pinned(url, self._check_url, self._resolver, "WeCom webhook")
+        response = await request(self._client, "POST", target, json=body)
+        error = classify_response(response, Redactor([url, key]))
+        if isinstance(error, RateLimited) and error.reason is Reason.WECOM_45009:
+            # WeCom counts posts we did not (another sender, or a window unlike ours).
+            wait = await self._budgets.close(key, self._clock.now())
+            raise RateLimited(error.reason, error.detail, retry_after=wait)
         if error is not None:
             raise error
 
@@ -200,6 +262,10 @@ class WeComChannel(Channel[WeComSettings]):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _markdown(content: str) -> dict[str, Any]:
+    return {"msgtype": "markdown", "markdown": {"content": content}}
 
 
 def classify_response(response: httpx.Response, redact: Redactor) -> DeliveryError | None:

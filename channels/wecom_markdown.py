@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -48,25 +50,167 @@ def severity_colour(severity: str) -> str:
     return _SEVERITY_COLOURS.get(severity.strip().lower(), "info")
 
 
-def render_markdown(delivery: Delivery, max_bytes: int = MARKDOWN_MAX_BYTES) -> str:
-    """Returns the markdown content for a delivery: alert data escaped, the body cut to fit.
+@dataclass(frozen=True)
+class Post:
+    """One robot post: the deliveries it mentions and its contents, one per numbered part."""
 
-    Only this template makes markup: the heading, the severity's font tag and the mention line.
+    deliveries: tuple[Delivery, ...]
+    parts: tuple[str, ...]
+
+
+def compose(
+    deliveries: Sequence[Delivery],
+    *,
+    max_parts: int = 1,
+    full_text: str = "",
+    max_bytes: int = MARKDOWN_MAX_BYTES,
+) -> list[Post]:
+    """Returns the posts for deliveries of one alert to one robot: one post mentioning them all.
+
+    Content over max_bytes is split between lines (or characters, never inside one) into
+    numbered parts; past max_parts the body is cut to one part ending with a pointer to the
+    full text (`full_text`, else the alert's number), and the mentions fill the other parts,
+    post after post, so nobody goes unmentioned. Alert data is escaped: only this template
+    makes markup (the heading, the severity's font tag, the mentions and the pointer's link).
     """
+    first = deliveries[0]
+    head = _head(first)
+    body = escape_markdown(_plain_text(first.body))
+    mentions, unmentioned = _mentions(deliveries)
+    whole = [head, *body, *(atom for atom, _ in mentions)]
+    if _size("".join(whole)) <= max_bytes:
+        return [Post(tuple(deliveries), ("".join(whole),))]
+    # Parts are numbered; a post of one part is not.
+    room = max_bytes - (_NUMBER_ROOM if max_parts > 1 else 0)
+    ranges = pack(whole, room)
+    if len(ranges) <= max_parts:
+        return [Post(tuple(deliveries), _numbered(whole, ranges))]
+    # A single part per post keeps room for its mentions (up to half of it).
+    mention_room = 0 if max_parts > 1 else min(_size("".join(whole[-len(mentions) :])), room // 2)
+    cut = _cut_body(head, body, first, full_text, room - mention_room)
+    return _posts(cut, mentions, unmentioned, room, max_parts)
+
+
+def render_markdown(delivery: Delivery, max_bytes: int = MARKDOWN_MAX_BYTES) -> str:
+    """Returns the one-part content for a single delivery (the body cut to fit)."""
+    [post] = compose([delivery], max_bytes=max_bytes)
+    [content] = post.parts
+    return content
+
+
+def pack(atoms: Sequence[str], room: int) -> list[tuple[int, int]]:
+    """Splits atoms into parts of at most room bytes; returns each part's (start, end).
+
+    A part ends after its last line break when that keeps it at least half full, else between
+    two atoms; an atom (a character, an escape, a mention) is never split.
+    """
+    ranges: list[tuple[int, int]] = []
+    start = index = used = 0
+    line_end: int | None = None
+    line_bytes = 0
+    while index < len(atoms):
+        size = _size(atoms[index])
+        if used + size > room and index > start:
+            end = line_end if line_end is not None and line_bytes * 2 >= room else index
+            ranges.append((start, end))
+            start = index = end
+            used, line_end = 0, None
+            continue
+        used += size
+        index += 1
+        if atoms[index - 1].endswith("\n"):
+            line_end, line_bytes = index, used
+    if start < len(atoms):
+        ranges.append((start, len(atoms)))
+    return ranges
+
+
+# "(12/15)\n" before each part of a split post.
+_NUMBER_ROOM = len("(99/99)\n")
+
+
+def _numbered(atoms: Sequence[str], ranges: Sequence[tuple[int, int]]) -> tuple[str, ...]:
+    total = len(ranges)
+    texts = ["".join(atoms[start:end]).strip("\n") for start, end in ranges]
+    if total == 1:
+        return (texts[0],)
+    return tuple(f"({number}/{total})\n{text}" for number, text in enumerate(texts, 1))
+
+
+def _head(delivery: Delivery) -> str:
     title = fit(escape_markdown(_plain_line(delivery.title), heading=True), TITLE_MAX_BYTES)
     severity = fit(
         escape_markdown(_plain_line(delivery.severity.upper()), heading=True), SEVERITY_MAX_BYTES
     )
-    head = (
+    return (
         f"## {title}\n"
         f'> Severity: <font color="{severity_colour(delivery.severity)}">{severity}</font>\n\n'
     )
-    tail = mention_line(delivery)
-    budget = max_bytes - _size(head) - _size(tail)
-    # Escaped first, then cut between escapes: the limit counts what is sent.
-    body = fit(escape_markdown(_plain_text(delivery.body)), max(budget, 0))
-    # Head and tail are bounded, so only a max_bytes far below WeCom's can still overflow.
-    return truncate_utf8(head + body + tail, max_bytes)
+
+
+def _mentions(
+    deliveries: Sequence[Delivery],
+) -> tuple[list[tuple[str, Delivery | None]], list[Delivery]]:
+    """Returns the mention atoms (each with whom it mentions) and who has no mention."""
+    first = deliveries[0]
+    mentions: list[tuple[str, Delivery | None]] = []
+    if first.mention_all and first.severity.strip().lower() == Severity.CRITICAL:
+        mentions.append(("<@all>", None))
+    unmentioned: list[Delivery] = []
+    seen: set[str] = set()
+    for delivery in deliveries:
+        userid = _mentionable(delivery)
+        if userid is None or userid in seen:
+            unmentioned.append(delivery)
+            continue
+        seen.add(userid)
+        mentions.append((f"<@{userid}>", delivery))
+    # The block starts on its own paragraph; each further mention after a space.
+    return [
+        (("\n\n" if index == 0 else " ") + atom, delivery)
+        for index, (atom, delivery) in enumerate(mentions)
+    ], unmentioned
+
+
+def mention_line(delivery: Delivery) -> str:
+    """Returns the closing mention line of a single delivery: <@all> if asked, then <@userid>."""
+    mentions, _ = _mentions([delivery])
+    return "".join(atom for atom, _ in mentions)
+
+
+def _cut_body(head: str, body: list[str], delivery: Delivery, full_text: str, room: int) -> str:
+    pointer = (
+        f"\n\n[Full text]({full_text.format(alert_id=delivery.alert_id)})"
+        if full_text
+        else f"\n\n(Cut short: the full text is alert {delivery.alert_id} in Tocsin.)"
+    )
+    return head + fit(body, max(room - _size(head) - _size(pointer), 0)) + pointer
+
+
+def _posts(
+    cut: str,
+    mentions: list[tuple[str, Delivery | None]],
+    unmentioned: list[Delivery],
+    room: int,
+    max_parts: int,
+) -> list[Post]:
+    """Posts of the cut body and as many mentions as max_parts hold, until all are mentioned."""
+    posts: list[Post] = []
+    left = mentions
+    while True:
+        atoms = [
+            cut,
+            *(atom if index else atom.lstrip(" ") for index, (atom, _) in enumerate(left)),
+        ]
+        ranges = pack(atoms, room)[:max_parts]
+        taken = ranges[-1][1] - 1  # mention atoms in this post
+        whom = [delivery for _, delivery in left[:taken] if delivery is not None]
+        if not posts:
+            whom = [*whom, *unmentioned]
+        posts.append(Post(tuple(whom), _numbered(atoms, ranges)))
+        left = [(atom, delivery) for atom, delivery in left[taken:]]
+        if not left:
+            return posts
 
 
 # Alert data is text, never markup. WeCom markdown reads HTML-like tags (<font>, the <@userid>
@@ -117,17 +261,6 @@ def fit(pieces: list[str], max_bytes: int, mark: str = TRUNCATION_MARK) -> str:
             break
         kept.append(piece)
     return "".join(kept) + mark
-
-
-def mention_line(delivery: Delivery) -> str:
-    """Returns the closing mention line: <@all> on a critical alert that asked, <@userid>."""
-    mentions = []
-    if delivery.mention_all and delivery.severity.strip().lower() == Severity.CRITICAL:
-        mentions.append("<@all>")
-    userid = _mentionable(delivery)
-    if userid is not None:
-        mentions.append(f"<@{userid}>")
-    return "\n\n" + " ".join(mentions) if mentions else ""
 
 
 def _mentionable(delivery: Delivery) -> str | None:

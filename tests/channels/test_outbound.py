@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,11 +13,19 @@ from channels.base import ChannelContext, Delivery
 from channels.email import EmailSettings
 from channels.errors import DeliveryError, PermanentError, Reason
 from channels.wecom import WeComChannel, WeComSettings
-from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.models import Recipient, RecipientContact, State
-from pipeline.outbound import AllowList, UrlRefused, canonical_host, check_url, pin
+from pipeline.outbound import (
+    AllowList,
+    Resolver,
+    UrlRefused,
+    canonical_host,
+    check_url,
+    pin,
+    system_resolver,
+)
 from pipeline.validation import InputError, validate_robot_url
+from tests.channels.conftest import Harness
 from tests.support import email_channel
 from tests.support.catch_all import CatchAll
 from tests.support.channels import pinned
@@ -89,12 +97,18 @@ def wecom_settings(**fields: Any) -> WeComSettings:
     return WeComSettings(_env_file=None, **fields)
 
 
-def wecom_channel(allowed: str, resolver: Any = None, **extra: Any) -> WeComChannel:
-    settings = wecom_settings(enabled=True, allowed_hosts=allowed, **extra)
-    context = ChannelContext(None, ManualClock(NOW))  # type: ignore[arg-type]
-    if resolver is not None:
-        context = ChannelContext(None, ManualClock(NOW), resolver)  # type: ignore[arg-type]
-    return WeComChannel.from_settings(settings, context)
+@pytest.fixture
+def wecom_channel(harness: Harness) -> Callable[..., WeComChannel]:
+    """Builds WeCom channels allowing some hosts, over the harness's database of budgets."""
+
+    def build(allowed: str, resolver: Resolver = system_resolver) -> WeComChannel:
+        settings = wecom_settings(enabled=True, allowed_hosts=allowed)
+        context = ChannelContext(harness.sessions, harness.clock, resolver)
+        channel = WeComChannel.from_settings(settings, context)
+        harness.opened.append(channel)
+        return channel
+
+    return build
 
 
 async def send_error(channel: WeComChannel, url: str) -> DeliveryError:
@@ -143,7 +157,9 @@ async def test_a_refused_recipient_webhook_is_not_saved(
 # send time: a row written straight into the database, or a payload built by hand
 
 
-async def test_each_ssrf_form_is_refused_at_send_time(listeners: Listeners) -> None:
+async def test_each_ssrf_form_is_refused_at_send_time(
+    listeners: Listeners, wecom_channel: Callable[..., WeComChannel]
+) -> None:
     channel = wecom_channel(allow_one(listeners))
     try:
         for url in listeners.urls():
@@ -180,7 +196,9 @@ async def test_a_webhook_row_written_around_validation_ends_dead_url_refused(
     assert listeners.seen == []
 
 
-async def test_an_allowed_name_that_resolves_inside_is_refused(listeners: Listeners) -> None:
+async def test_an_allowed_name_that_resolves_inside_is_refused(
+    listeners: Listeners, wecom_channel: Callable[..., WeComChannel]
+) -> None:
     port = listeners.one.port
 
     async def inside(host: str, _port: int) -> list[str]:
@@ -203,7 +221,9 @@ async def test_an_allowed_name_that_resolves_inside_is_refused(listeners: Listen
 
 
 async def test_the_proxy_environment_is_not_used(
-    listeners: Listeners, monkeypatch: pytest.MonkeyPatch
+    listeners: Listeners,
+    monkeypatch: pytest.MonkeyPatch,
+    wecom_channel: Callable[..., WeComChannel],
 ) -> None:
     proxy = listeners.two.origin
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
@@ -219,7 +239,9 @@ async def test_the_proxy_environment_is_not_used(
     assert listeners.one.requests == [f"POST {PATH} Host=127.0.0.1:{listeners.one.port}"]
 
 
-async def test_the_allowlisted_form_delivers(listeners: Listeners) -> None:
+async def test_the_allowlisted_form_delivers(
+    listeners: Listeners, wecom_channel: Callable[..., WeComChannel]
+) -> None:
     allowed = ",".join(c.origin for c in (listeners.one, listeners.two, listeners.six))
     channel = wecom_channel(allowed)
     try:
@@ -230,7 +252,9 @@ async def test_the_allowlisted_form_delivers(listeners: Listeners) -> None:
     assert [len(c.requests) for c in (listeners.one, listeners.two, listeners.six)] == [1, 1, 1]
 
 
-async def test_redirects_are_not_followed(listeners: Listeners) -> None:
+async def test_redirects_are_not_followed(
+    listeners: Listeners, wecom_channel: Callable[..., WeComChannel]
+) -> None:
     from aiohttp import web
 
     app = web.Application()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from channels.base import ChannelContext, ChannelUnavailable, Delivery
+from channels.base import ChannelUnavailable, Delivery
 from channels.errors import (
     DeliveryError,
     PermanentError,
@@ -23,7 +23,7 @@ from channels.errors import (
     TransientError,
 )
 from channels.http import transport_error
-from channels.wecom import SlidingWindowLimiter, WeComChannel, WeComPayload, WeComSettings
+from channels.wecom import WeComChannel, WeComPayload
 from channels.wecom_markdown import (
     MARKDOWN_MAX_BYTES,
     TEXT_MAX_BYTES,
@@ -32,59 +32,20 @@ from channels.wecom_markdown import (
     severity_colour,
     truncate_utf8,
 )
-from channels.wecom_url import ROBOT_PATH, robot_key
-from pipeline.clock import ManualClock
+from channels.wecom_url import robot_key
 from pipeline.outbound import UrlRefused
+from tests.channels.conftest import Harness
 from tests.channels.test_errors import WECOM_TABLE
 from tests.support import email_channel
 from tests.support.secrets import assert_no_secret
 from tests.support.wecom_server import WeComRobot
 
-NOW = datetime(2024, 3, 1, 8, 30, tzinfo=UTC)
 BODY = "Usage is 97% and rising"
 SECRET_KEY = "SeCrEt-7f3a91c2-d4e8-robot-key"
 
 
 def make_delivery(**overrides: Any) -> Delivery:
     return email_channel.make_delivery(**({"channel": "wecom", "body": BODY} | overrides))
-
-
-def make_settings(**overrides: Any) -> WeComSettings:
-    fields: dict[str, Any] = {"enabled": True}
-    fields.update({key.removeprefix("wecom_"): value for key, value in overrides.items()})
-    url = fields.get("webhook_url")
-    if url and "allowed_hosts" not in fields:
-        # Allow the webhook's own origin, e.g. http://127.0.0.1:PORT for the loopback robot.
-        fields["allowed_hosts"] = url.split(ROBOT_PATH, 1)[0]
-    return WeComSettings(_env_file=None, **fields)
-
-
-class Harness:
-    """Builds channels sharing one manual clock, and closes them at the end."""
-
-    def __init__(self) -> None:
-        self.clock = ManualClock(NOW)
-        self.opened: list[WeComChannel] = []
-
-    def channel(self, **overrides: Any) -> WeComChannel:
-        timeout = overrides.pop("send_timeout", timedelta(seconds=5))
-        # The WeCom channel never opens a database session.
-        context = ChannelContext(
-            session_factory=None,  # type: ignore[arg-type]
-            clock=self.clock,
-            send_timeout=timeout,
-        )
-        channel = WeComChannel.from_settings(make_settings(**overrides), context)
-        self.opened.append(channel)
-        return channel
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    built = Harness()
-    yield built
-    for channel in built.opened:
-        await channel.aclose()
 
 
 @pytest.fixture
@@ -160,13 +121,14 @@ def test_render_markdown_with_heading_colour_body_and_mention(harness: Harness) 
         wecom_webhook_url="https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc"
     )
     payload = channel.render(make_delivery())
-    assert payload.body["msgtype"] == "markdown"
-    content = content_of(payload.body)
+    [body] = payload.bodies
+    assert body["msgtype"] == "markdown"
+    content = content_of(body)
     assert content.startswith("## Disk full on db-1\n")
     assert '<font color="warning">CRITICAL</font>' in content
     assert "Usage is 97% and rising" in content
     assert content.endswith("<@zhangsan>")
-    assert payload.key == "abc"
+    assert list(payload.urls) == ["abc"]
 
 
 def test_render_without_userid_mentions_nobody() -> None:
@@ -198,8 +160,7 @@ def test_recipient_webhook_wins_over_the_global_one(
 ) -> None:
     channel = harness.channel(wecom_webhook_url=wecom_server.webhook_url("k1"))
     payload = channel.render(make_delivery(wecom_webhook=wecom_server.webhook_url("k2")))
-    assert payload.url == wecom_server.webhook_url("k2")
-    assert payload.key == "k2"
+    assert payload.urls == {"k2": wecom_server.webhook_url("k2")}
 
 
 # truncation
@@ -248,21 +209,43 @@ def test_truncate_utf8_rejects_negative_limits() -> None:
         truncate_utf8("x", -1)
 
 
-def test_long_cjk_body_fits_markdown_limit_and_keeps_the_mention() -> None:
+def test_long_cjk_body_in_one_part_is_cut_and_keeps_the_mention() -> None:
     content = render_markdown(make_delivery(body="磁盘已满" * 2000))
     assert len(content.encode("utf-8")) <= MARKDOWN_MAX_BYTES
-    assert len(content.encode("utf-8")) > MARKDOWN_MAX_BYTES - 4
-    assert f"{TRUNCATION_MARK}\n\n<@zhangsan>" in content
+    assert len(content.encode("utf-8")) > MARKDOWN_MAX_BYTES - 16
+    assert f"{TRUNCATION_MARK}\n\n(Cut short: the full text is alert 7 in Tocsin.)" in content
     assert content.startswith("## Disk full on db-1")
+    assert content.endswith("\n\n<@zhangsan>")
 
 
-async def test_robot_accepts_truncated_cjk_markdown(
+async def test_robot_accepts_every_part_of_a_long_cjk_post_in_order(
     wecom_server: WeComRobot, robot_channel: Callable[..., WeComChannel]
 ) -> None:
-    await deliver(robot_channel(), make_delivery(body="告警" * 3000))
-    received = content_of(wecom_server.received["k1"][0])
-    assert len(received.encode("utf-8")) <= MARKDOWN_MAX_BYTES
-    assert TRUNCATION_MARK in received
+    body = "".join(f"第{n}行：磁盘使用率过高\n" for n in range(900))  # about 26 KB
+    await deliver(robot_channel(wecom_max_parts=10), make_delivery(body=body))
+    received = [content_of(b) for b in wecom_server.received["k1"]]
+    assert 6 <= len(received) <= 10
+    assert all(len(part.encode("utf-8")) <= MARKDOWN_MAX_BYTES for part in received)
+    assert [part.split("\n", 1)[0] for part in received] == [
+        f"({n}/{len(received)})" for n in range(1, len(received) + 1)
+    ]
+    # Split between lines: every line arrives whole, once, in order.
+    lines = [line for part in received for line in part.split("\n") if line.startswith("第")]
+    assert lines == [f"第{n}行：磁盘使用率过高" for n in range(900)]
+    assert received[-1].endswith("<@zhangsan>")
+
+
+async def test_a_post_past_its_parts_is_cut_with_a_link_to_the_full_text(
+    wecom_server: WeComRobot, robot_channel: Callable[..., WeComChannel]
+) -> None:
+    link = "https://tocsin.example.com/alerts/{alert_id}"
+    channel = robot_channel(wecom_max_parts=2, wecom_full_text_url=link)
+    await deliver(channel, make_delivery(body="告警" * 3000))
+    received = [content_of(b) for b in wecom_server.received["k1"]]
+    assert len(received) == 2
+    assert all(len(part.encode("utf-8")) <= MARKDOWN_MAX_BYTES for part in received)
+    assert "[Full text](https://tocsin.example.com/alerts/7)" in received[0]
+    assert received[1] == "(2/2)\n<@zhangsan>"
 
 
 async def test_robot_accepts_text_truncated_to_its_limit(
@@ -271,7 +254,7 @@ async def test_robot_accepts_text_truncated_to_its_limit(
     channel = robot_channel()
     content = truncate_utf8("中" * 700, TEXT_MAX_BYTES)  # 2100 B before truncation
     body = {"msgtype": "text", "text": {"content": content}}
-    await channel.send(WeComPayload(url=wecom_server.webhook_url("k1"), key="k1", body=body))
+    await channel.send(WeComPayload({"k1": wecom_server.webhook_url("k1")}, (body,)))
     assert wecom_server.received["k1"] == [body]
 
 
@@ -306,18 +289,26 @@ async def test_errcode_decides_the_error(
     assert wecom_server.received == {}
 
 
-async def test_robot_rate_limit_gives_rate_limited_with_cool_down(
+async def test_45009_closes_the_key_for_a_window_without_another_request(
     wecom_server: WeComRobot, harness: Harness, robot_channel: Callable[..., WeComChannel]
 ) -> None:
+    # Someone else posts to the robot too: WeCom refuses before our own budget is spent.
     wecom_server.clock = lambda: harness.clock.now().timestamp()
-    channel = robot_channel(wecom_rate_per_minute=100)
+    channel = robot_channel(wecom_rate_limit="100/60s")
     for n in range(20):
         await deliver(channel, make_delivery(notification_id=n))
     error = await send_error(channel)
     assert isinstance(error, RateLimited)
     assert error.reason is Reason.WECOM_45009
     assert error.retry_after == timedelta(seconds=60)
+    harness.clock.advance(timedelta(seconds=59))
+    closed = await send_error(channel)
+    assert isinstance(closed, RateLimited) and closed.reason is Reason.RATE_LIMITED
+    assert closed.retry_after == timedelta(seconds=1)
     assert wecom_server.requests == 21
+    harness.clock.advance(timedelta(seconds=1))
+    await deliver(channel)
+    assert wecom_server.requests == 22
 
 
 @pytest.mark.parametrize(
@@ -336,7 +327,7 @@ async def test_robot_validation_errors_are_permanent(
     body: dict[str, Any],
     reason: Reason,
 ) -> None:
-    payload = WeComPayload(url=wecom_server.webhook_url("k1"), key="k1", body=body)
+    payload = WeComPayload({"k1": wecom_server.webhook_url("k1")}, (body,))
     with pytest.raises(PermanentError) as caught:
         await robot_channel().send(payload)
     assert caught.value.reason is reason
@@ -423,7 +414,7 @@ def test_transport_error(exc: Any, kind: type[DeliveryError], reason: Reason) ->
     assert error.detail == type(exc).__name__
 
 
-# the client-side rate limit
+# the shared rate limit (pipeline/budget.py; tests/pipeline/test_budget.py has its own)
 
 
 async def test_client_limit_stops_the_21st_send_before_the_server(
@@ -457,9 +448,12 @@ async def test_client_limit_frees_a_slot_as_the_window_slides(
 
 
 async def test_client_limit_is_per_robot_key(
-    wecom_server: WeComRobot, robot_channel: Callable[..., WeComChannel]
+    wecom_server: WeComRobot,
+    robot_channel: Callable[..., WeComChannel],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    channel = robot_channel(wecom_rate_per_minute=2)
+    monkeypatch.setenv("WECOM_RATE_PER_MINUTE", "2")  # the seed system's name: 2 a minute
+    channel = robot_channel()
     for _ in range(2):
         await deliver(channel)
     await send_error(channel)
@@ -467,14 +461,27 @@ async def test_client_limit_is_per_robot_key(
     assert len(wecom_server.received["k2"]) == 1
 
 
-def test_sliding_window_limiter() -> None:
-    limiter = SlidingWindowLimiter(limit=2, window=timedelta(seconds=60))
-    assert limiter.wait_time("a", NOW) is None
-    assert limiter.wait_time("a", NOW + timedelta(seconds=10)) is None
-    assert limiter.wait_time("a", NOW + timedelta(seconds=30)) == timedelta(seconds=30)
-    assert limiter.wait_time("b", NOW + timedelta(seconds=30)) is None
-    assert limiter.wait_time("a", NOW + timedelta(seconds=60)) is None
-    assert limiter.wait_time("a", NOW + timedelta(seconds=61)) == timedelta(seconds=9)
+async def test_two_channels_share_one_budget_like_two_replicas(
+    wecom_server: WeComRobot, robot_channel: Callable[..., WeComChannel]
+) -> None:
+    first, second = robot_channel(wecom_rate_limit="3/1m"), robot_channel(wecom_rate_limit="3/1m")
+    for channel in (first, second, first):
+        await deliver(channel)
+    assert isinstance(await send_error(second), RateLimited)
+    assert len(wecom_server.received["k1"]) == 3
+
+
+async def test_a_pool_of_keys_takes_turns_and_raises_the_ceiling(
+    wecom_server: WeComRobot, robot_channel: Callable[..., WeComChannel]
+) -> None:
+    wecom_server.add_key("k2")
+    pool = f"{wecom_server.webhook_url('k1')},{wecom_server.webhook_url('k2')}"
+    channel = robot_channel(wecom_webhook_url=pool, wecom_rate_limit="2/1m")
+    for n in range(4):
+        await deliver(channel, make_delivery(notification_id=n))
+    error = await send_error(channel)
+    assert isinstance(error, RateLimited) and error.reason is Reason.RATE_LIMITED
+    assert {key: len(posts) for key, posts in wecom_server.received.items()} == {"k1": 2, "k2": 2}
 
 
 # secrets
@@ -509,10 +516,10 @@ async def test_webhook_key_never_leaks(
     wecom_server.add_key(SECRET_KEY)
     url = wecom_server.webhook_url(SECRET_KEY)
     channel = harness.channel(
-        wecom_webhook_url=url, wecom_rate_per_minute=6, send_timeout=timedelta(seconds=0.2)
+        wecom_webhook_url=url, wecom_rate_limit="6/1m", send_timeout=timedelta(seconds=0.2)
     )
     payload = channel.render(make_delivery())
-    assert payload.url == url  # the secret is really there to leak
+    assert payload.urls == {SECRET_KEY: url}  # the secret is really there to leak
     caplog.set_level(logging.INFO)
 
     errors = await collect_failures(wecom_server, channel)

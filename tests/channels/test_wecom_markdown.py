@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,8 @@ from channels.wecom_markdown import (
     render_markdown,
 )
 from pipeline.validation import InputError, validate_wecom_userid
-from tests.channels.test_wecom import Harness, content_of, make_delivery
+from tests.channels.conftest import Harness
+from tests.channels.test_wecom import content_of, make_delivery
 from tests.support.wecom_server import WeComRobot, mentions
 
 # Our template; the named parts are the only places alert data goes.
@@ -30,9 +30,11 @@ LAYOUT = re.compile(
     r"## (?P<title>[^\n]*)\n"
     r'> Severity: <font color="(?:warning|comment|info)">(?P<severity>[^\n]*)</font>\n\n'
     r"(?P<body>.*?)"
+    r"(?P<pointer>\n\n\(Cut short: the full text is alert \d+ in Tocsin\.\))?"
     rf"(?P<tail>\n\n<@all>(?: <@{USERID}>)?|\n\n<@{USERID}>)?\Z",
     re.DOTALL,
 )
+POINTER = "(Cut short: the full text is alert 7 in Tocsin.)"
 # What escaped alert data may consist of: escapes, entities, and characters that mark nothing.
 ESCAPED_ONLY = re.compile(
     r"(?:\\[\\`*_~|\[\]()#+=.-]|&(?:amp|lt|gt);|[^\\&<>\[\]()`*_~|])*", re.DOTALL
@@ -236,7 +238,7 @@ def test_the_limit_counts_escaped_bytes() -> None:
     # 1400 "<" fit raw (1400 B) but not escaped (5600 B).
     content = render_markdown(make_delivery(body="<" * 1400))
     assert len(content.encode("utf-8")) <= MARKDOWN_MAX_BYTES
-    assert content.endswith(f"{TRUNCATION_MARK}\n\n<@zhangsan>")
+    assert content.endswith(f"{TRUNCATION_MARK}\n\n{POINTER}\n\n<@zhangsan>")
 
 
 def test_a_long_escaped_title_is_cut_between_escapes() -> None:
@@ -335,18 +337,11 @@ def assert_round_trip(rendered: str, given: str) -> None:
 # end to end: what the group receives
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    built = Harness()
-    yield built
-    for channel in built.opened:
-        await channel.aclose()
-
-
 async def test_the_group_receives_text_and_only_our_mention(
     wecom_server: WeComRobot, harness: Harness
 ) -> None:
-    channel = harness.channel(wecom_webhook_url=wecom_server.webhook_url("k1"))
+    # One part per post: the body is cut, and the cut never opens markup.
+    channel = harness.channel(wecom_webhook_url=wecom_server.webhook_url("k1"), wecom_max_parts=1)
     delivery: dict[str, Any] = {
         "title": "<@all> [login](http://evil.example)",
         "body": "\n".join(INJECTIONS) * 20,

@@ -90,7 +90,7 @@ def migrated(settings: Settings) -> Settings:
     return settings
 
 
-def _settings(database_url: str) -> Settings:
+def settings_for(database_url: str) -> Settings:
     # _env_file=None: a developer's .env must not leak into the tests.
     return Settings(
         _env_file=None,
@@ -108,7 +108,7 @@ def _settings(database_url: str) -> Settings:
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
     """Settings for a fresh, migrated SQLite file in tmp_path (in-process queue, no /metrics)."""
-    return migrated(_settings(f"sqlite+aiosqlite:///{tmp_path}/tocsin.db"))
+    return migrated(settings_for(f"sqlite+aiosqlite:///{tmp_path}/tocsin.db"))
 
 
 async def _pg_admin(*statements: str) -> None:
@@ -146,7 +146,7 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def postgres_settings(postgres_url: str) -> Settings:
     """Settings for a fresh, migrated PostgreSQL database (in-process queue, no /metrics)."""
-    return migrated(_settings(postgres_url))
+    return migrated(settings_for(postgres_url))
 
 
 @pytest.fixture(params=["sqlite", "postgres"], ids=["sqlite", "postgres"])

@@ -59,10 +59,17 @@ class WeComRobot:
         keys: Iterable[str] = (),
         rate_per_minute: int = 20,
         clock: Callable[[], float] = time.monotonic,
+        window: float = WINDOW_SECONDS,
     ) -> None:
+        # Like WeCom: at most rate_per_minute posts per key in any `window` seconds (a minute).
         self.rate_per_minute = rate_per_minute
+        self.window = window
         self.clock = clock
         self.received: dict[str, list[dict[str, Any]]] = {}
+        # When each accepted post arrived, by key (the clock's seconds).
+        self.arrivals: dict[str, list[float]] = {}
+        # How many posts were refused with 45009 for being over the rate.
+        self.too_fast = 0
         self.requests = 0
         self.port = 0
         self._keys = set(keys)
@@ -164,6 +171,7 @@ class WeComRobot:
             return 47001
         errcode = validate(body)
         if errcode == 0 and not self._admit(key):
+            self.too_fast += 1
             return 45009
         if errcode == 0:
             self.received.setdefault(key, []).append(body)
@@ -172,12 +180,23 @@ class WeComRobot:
     def _admit(self, key: str) -> bool:
         now = self.clock()
         sent = self._sent.setdefault(key, deque())
-        while sent and sent[0] <= now - WINDOW_SECONDS:
+        while sent and sent[0] <= now - self.window:
             sent.popleft()
         if len(sent) >= self.rate_per_minute:
             return False
         sent.append(now)
+        self.arrivals.setdefault(key, []).append(now)
         return True
+
+    def most_in_any_window(self, key: str) -> int:
+        """The most posts accepted for key within any `window` seconds."""
+        times = self.arrivals.get(key, [])
+        most = start = 0
+        for end, arrived in enumerate(times):
+            while times[start] <= arrived - self.window:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
 
 
 def validate(body: Any) -> int:
