@@ -51,7 +51,10 @@ class RateLimit:
         if match is None:
             raise ValueError(f"rate limit {text!r} is not COUNT/WINDOW, e.g. 20/60s")
         count = int(match.group(1))
-        window = parse_duration(match.group(2)) if match.group(2) else timedelta(minutes=1)
+        try:
+            window = parse_duration(match.group(2)) if match.group(2) else timedelta(minutes=1)
+        except ValueError as exc:
+            raise ValueError(f"rate limit {text!r}: {exc}") from None
         if count < 1 or window <= timedelta(0):
             raise ValueError(f"rate limit {text!r} needs a count and a window above zero")
         return cls(count, window)

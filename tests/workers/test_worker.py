@@ -29,7 +29,7 @@ from tests.support.pipeline import (
     sample,
 )
 from tests.support.smtp_server import SmtpSink
-from tests.support.wecom_server import WeComRobot
+from tests.support.wecom_server import WeComRobot, mentions
 from workers.claim import claim, new_token
 from workers.record import record
 
@@ -242,12 +242,12 @@ async def test_graceful_stop_finishes_sends_in_flight(
     sqlite_settings: Settings, wecom_server: WeComRobot
 ) -> None:
     wecom_server.delay(0.5)
-    channels = pinned(robot=wecom_server, wecom={"rate_per_minute": 1000})
-    wecom_server.rate_per_minute = 1000
+    channels = pinned(robot=wecom_server)
     async with open_app(sqlite_settings, channels=channels) as app:
+        # Five alerts, so five posts (one alert's recipients on one robot share a post).
         for i in range(5):
             await add_user(app, f"u{i}", channels="wecom")
-        await add_alert(app, [f"u{i}" for i in range(5)])
+            await add_alert(app, [f"u{i}"], title=f"alert {i}")
         await app.producer().run()
         await app.relay().tick()
         stop = asyncio.Event()
@@ -260,3 +260,34 @@ async def test_graceful_stop_finishes_sends_in_flight(
         found = await rows(app)
     assert [n.state for (_, c), n in found.items() if c == "wecom"] == [State.SENT] * 5
     assert sum(len(v) for v in wecom_server.received.values()) == 5
+
+
+async def test_one_alert_to_thirty_people_on_one_robot_is_one_post(
+    db_settings: Settings, wecom_server: WeComRobot
+) -> None:
+    async with open_app(db_settings, channels=pinned(robot=wecom_server)) as app:
+        names = [f"u{i:02d}" for i in range(30)]
+        for name in names:
+            await add_user(app, name, channels="wecom", wecom_userid=f"wx-{name}")
+        # Someone with their own robot gets their own post.
+        wecom_server.add_key("own")
+        await add_user(
+            app, "own", channels="wecom", wecom_userid="wx-own",
+            wecom_webhook=wecom_server.webhook_url("own"),
+        )  # fmt: skip
+        await add_alert(app, [*names, "own"])
+        await app.producer().run()
+        await app.relay().tick()
+        # One message is enough: its claim takes the alert's siblings along.
+        assert await app.worker(["wecom"]).run_until_idle() == 31
+        found = await rows(app)
+        attempts = [await attempts_of(app, found[(name, "wecom")].id or 0) for name in names]
+    [post] = wecom_server.received["k1"]
+    assert mentions(post["markdown"]["content"]) == [f"wx-{name}" for name in names]
+    [own] = wecom_server.received["own"]
+    assert mentions(own["markdown"]["content"]) == ["wx-own"]
+    assert {found[(name, "wecom")].state for name in [*names, "own"]} == {State.SENT}
+    # Each row records the shared outcome as its own attempt.
+    assert [[(a.outcome, a.attempt) for a in rows_of] for rows_of in attempts] == [
+        [("sent", 1)]
+    ] * 30
