@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from channels.email import EmailSecurity, EmailSettings
 from channels.registry import CHANNELS
 from channels.wecom import WeComSettings
 from pipeline.app import App
+from pipeline.budget import RateLimit
 from pipeline.channel_set import ChannelSet
 from pipeline.config import Settings
 from pipeline.db import upgrade
@@ -47,9 +49,10 @@ from pipeline.models import (
 T = TypeVar("T")
 
 RATE_NOTE = (
-    "throughput run: WeComSettings(rate_per_minute=10**9) takes the product's client-side "
-    "per-key WeCom limiter (default 20/min) out of the way, and the WeCom robot's per-key "
-    "limit is raised to 10**9; real WeCom allows 20 messages per minute per robot key"
+    "throughput run: WeComSettings(rate_limit=10**9/60s) takes the product's shared per-key "
+    "WeCom budget (default 20/60s) out of the way, and the WeCom robot's per-key limit is "
+    "raised to 10**9; real WeCom allows 20 messages per minute per robot key. One alert's "
+    "recipients share a robot post, so WeCom rows/s counts rows, not posts"
 )
 
 
@@ -76,7 +79,7 @@ def build_channels(smtp_port: int, webhook_url: str | None = None) -> ChannelSet
                 enabled=webhook_url is not None,
                 webhook_url=SecretStr(webhook_url or ""),
                 allowed_hosts=(webhook_url or "qyapi.weixin.qq.com").split("/cgi-bin", 1)[0],
-                rate_per_minute=UNLIMITED,
+                rate_limit=RateLimit(UNLIMITED, timedelta(minutes=1)),
             ),
         },
     )
@@ -334,7 +337,7 @@ def setup_of(settings: Settings, channels: ChannelSet, args: argparse.Namespace)
         "relay_batch_size": settings.relay_batch_size,
         "email_pool_size": email.pool_size,
         "wecom_concurrency": wecom.concurrency,
-        "wecom_rate_per_minute": wecom.rate_per_minute,
+        "wecom_rate_limit": str(wecom.rate_limit),
         "servers": "aiosmtpd SmtpSink and WeComRobot, each in its own process on 127.0.0.1",
         "note": RATE_NOTE,
     }

@@ -66,7 +66,7 @@ async def test_config_shows_every_channel_setting_with_secrets_masked(cli: Cli) 
     ).json("config")
     assert shown["EMAIL_SMTP_SERVER"] == "mail.test"
     assert shown["EMAIL_PASSWORD"] == shown["WECOM_WEBHOOK_URL"] == "***"
-    assert shown["WECOM_RATE_PER_MINUTE"] == "20"
+    assert shown["WECOM_RATE_LIMIT"] == "20/1m"
     assert shown["DATABASE_URL"].startswith("sqlite+aiosqlite:///")
 
 
