@@ -11,10 +11,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, cast
+from typing import Annotated, Any, ClassVar, cast
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from channels.base import (
     Channel,
@@ -72,7 +73,7 @@ class WeComSettings(PolicySettings):
         "qyapi.weixin.qq.com", validation_alias=AliasChoices("WECOM_ALLOWED_HOSTS")
     )
     # Posts per robot key in any window, for the whole deployment (WeCom allows 20 a minute).
-    rate_limit: RateLimit = Field(
+    rate_limit: Annotated[RateLimit, NoDecode] = Field(
         RateLimit(20, RATE_WINDOW),
         validation_alias=AliasChoices("WECOM_RATE_LIMIT", "WECOM_RATE_PER_MINUTE"),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import traceback
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from channels.errors import (
     TransientError,
 )
 from channels.http import transport_error
-from channels.wecom import WeComChannel, WeComPayload
+from channels.wecom import WeComChannel, WeComPayload, WeComSettings
 from channels.wecom_markdown import (
     MARKDOWN_MAX_BYTES,
     TEXT_MAX_BYTES,
@@ -104,6 +105,40 @@ def test_non_http_webhook_is_refused(harness: Harness, url: str) -> None:
 def test_every_recipient_is_reachable_through_the_group_robot() -> None:
     assert WeComChannel.reachable({})
     assert WeComChannel.reachable({"wecom_userid": "zhangsan"})
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"WECOM_RATE_LIMIT": "30/2m"}, "30/2m"),
+        ({"WECOM_RATE_PER_MINUTE": "12"}, "12/1m"),
+        ({}, "20/1m"),
+    ],
+)
+def test_the_rate_limit_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], shown: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert str(WeComSettings(_env_file=None).rate_limit) == shown
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"WECOM_RATE_LIMIT": "lots"}, "is not COUNT/WINDOW"),
+        ({"WECOM_MAX_PARTS": "0"}, "WECOM_MAX_PARTS"),
+        ({"WECOM_FULL_TEXT_URL": "https://portal.example/alerts"}, "with {alert_id}"),
+        ({"WECOM_FULL_TEXT_URL": "javascript:alert({alert_id})"}, "http(s) URL"),
+    ],
+)
+def test_bad_robot_settings_say_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        WeComSettings(_env_file=None)
 
 
 def test_robot_key() -> None:
