@@ -78,7 +78,11 @@ class App:
         channels = channels or registered_channels()
         engine = create_engine(settings)
         metrics = Metrics(registry or CollectorRegistry())
-        metrics.initialize(channels.reasons(), [job.id for job in declared_jobs(settings)])
+        metrics.initialize(
+            channels.reasons(),
+            [job.id for job in declared_jobs(settings)],
+            channels.fallbacks.pairs(),
+        )
         return cls(
             settings=settings,
             channels=channels,

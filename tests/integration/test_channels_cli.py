@@ -33,6 +33,7 @@ async def test_channels_says_which_are_on_why_not_and_what_they_read(cli: Cli) -
         "status": "on",
         "contacts": [],
         "waits_out_quiet_hours": False,
+        "falls_back_to": [],
     }
     assert off["email"]["status"].startswith("off: ")
     assert "EMAIL_ENABLED" in off["email"]["status"]

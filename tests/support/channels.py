@@ -30,11 +30,13 @@ def pinned(
     robot: WeComRobot | None = None,
     *,
     classes: Iterable[ChannelClass] = CHANNELS,
+    fallbacks: Mapping[str, str] | None = None,
     **fields: Mapping[str, Any],
 ) -> ChannelSet:
     """The channels of classes; e-mail and WeCom on when given their servers.
 
-    fields maps a channel name to settings fields that override (e.g. wecom={"concurrency": 1}).
+    fields maps a channel name to settings fields that override (e.g. wecom={"concurrency": 1});
+    fallbacks maps a channel name to its FALLBACK_<CHANNEL> value (e.g. {"wecom": "email"}).
     """
     classes = tuple(classes)
     wanted: dict[str, dict[str, Any]] = {c.name: dict(fields.get(c.name, {})) for c in classes}
@@ -51,7 +53,8 @@ def pinned(
             "webhook_url": robot.webhook_url("k1"),
             "allowed_hosts": robot.allow_entry,
         } | wanted["wecom"]
-    return ChannelSet(classes, {c.name: channel_settings(c, **wanted[c.name]) for c in classes})
+    settings = {c.name: channel_settings(c, **wanted[c.name]) for c in classes}
+    return ChannelSet(classes, settings, fallbacks)
 
 
 def setting_env_names() -> set[str]:
