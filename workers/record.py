@@ -167,8 +167,13 @@ def report(recorded: Sequence[Recorded], metrics: Metrics, now: datetime) -> Non
             reason=result.reason.value if result.reason else None,
             state=transition.state.value if item.applied else "discarded_late_result",
             not_before=transition.not_before.isoformat() if transition.not_before else None,
-            fell_back_to=[c.channel for c in item.fallbacks] or None,
+            **_fell_back(item),
         )
+
+
+def _fell_back(item: Recorded) -> dict[str, list[str]]:
+    # Only on the lines of rows that fell back, so the common line stays as it was.
+    return {"fell_back_to": [c.channel for c in item.fallbacks]} if item.fallbacks else {}
 
 
 def _count(item: Recorded, metrics: Metrics, now: datetime) -> None:

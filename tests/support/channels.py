@@ -16,6 +16,7 @@ from channels.base import ChannelSettings
 from channels.registry import CHANNELS
 from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.config import Settings
+from pipeline.fallbacks import variable
 from tests.support.smtp_server import SmtpSink
 from tests.support.wecom_server import WeComRobot
 
@@ -60,7 +61,7 @@ def pinned(
 def setting_env_names() -> set[str]:
     """Every environment variable the core and the registered channels read, upper-cased."""
     models: list[type[BaseSettings]] = [Settings, *(c.settings_class for c in CHANNELS)]
-    names: set[str] = set()
+    names: set[str] = {variable(c.name) for c in CHANNELS}
     for info in (info for model in models for info in model.model_fields.values()):
         alias = info.validation_alias
         if isinstance(alias, AliasChoices):
