@@ -160,12 +160,8 @@ class Metrics:
         self,
         channel_reasons: Mapping[str, Iterable[Reason]],
         jobs: Iterable[str] = (),
-        fallbacks: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Creates every label series at 0, so panels show 0 and zero-success alerts can fire.
-
-        fallbacks are the configured (channel, to) pairs: no other pair can ever count.
-        """
+        """Creates every label series at 0, so panels show 0 and zero-success alerts can fire."""
         for channel, reasons in channel_reasons.items():
             for metric in (
                 self.publish_failures,
@@ -203,8 +199,15 @@ class Metrics:
         for run_outcome in ("success", "failure"):
             self.producer_runs.labels(outcome=run_outcome)
         self._initialize_jobs(jobs)
-        for channel, to in fallbacks:
-            self.fallbacks.labels(channel=channel, to=to)
+        self._initialize_fallbacks(list(channel_reasons))
+
+    def _initialize_fallbacks(self, channels: list[str]) -> None:
+        # Every pair, not only the configured ones: FALLBACK_* may differ between replicas,
+        # and a panel shows 0 rather than "no data" where nothing is configured.
+        for channel in channels:
+            for to in channels:
+                if to != channel:
+                    self.fallbacks.labels(channel=channel, to=to)
 
     def _initialize_jobs(self, jobs: Iterable[str]) -> None:
         for job in jobs:

@@ -78,11 +78,7 @@ class App:
         channels = channels or registered_channels()
         engine = create_engine(settings)
         metrics = Metrics(registry or CollectorRegistry())
-        metrics.initialize(
-            channels.reasons(),
-            [job.id for job in declared_jobs(settings)],
-            channels.fallbacks.pairs(),
-        )
+        metrics.initialize(channels.reasons(), [job.id for job in declared_jobs(settings)])
         return cls(
             settings=settings,
             channels=channels,

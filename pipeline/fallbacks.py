@@ -67,10 +67,6 @@ class Fallbacks:
         """The channels that name channel as one of their fallbacks."""
         return tuple(primary for primary, targets in self.to.items() if channel in targets)
 
-    def pairs(self) -> list[tuple[str, str]]:
-        """Every (channel, fallback) pair, for metric series."""
-        return [(channel, target) for channel, targets in self.to.items() for target in targets]
-
     def describe(self, channel: str) -> str:
         """The fallbacks of channel as FALLBACK_<CHANNEL> reads them ("" for none)."""
         return ",".join(self.of(channel))

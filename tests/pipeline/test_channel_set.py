@@ -127,7 +127,7 @@ def test_fallbacks_are_read_from_the_environment_in_order(
     assert channels.fallbacks.of("wecom") == ("email", "system")
     assert channels.fallbacks.of("email") == ()
     assert channels.fallbacks.backed_up("system") == ("wecom",)
-    assert channels.fallbacks.pairs() == [("wecom", "email"), ("wecom", "system")]
+    assert channels.fallbacks.describe("wecom") == "email,system"
 
 
 @pytest.mark.parametrize(
