@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AliasChoices, Field, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    # Only for annotations: the producer imports this module to run the reserve stage.
+    from pipeline.producer import Candidate
 
 PREFIX = "FALLBACK_"
 
@@ -72,6 +76,29 @@ class Fallbacks:
         return ",".join(self.of(channel))
 
 
+def apply_fallback_reserve(
+    candidates: Sequence[Candidate], fallbacks: Fallbacks
+) -> list[Candidate]:
+    """Holds back a recipient's fallback channels while a channel they stand in for is open.
+
+    A held-back candidate gets no row now: the fallback creates it if that channel's
+    notification dies. Suppressed candidates stay, so their row still says why.
+    """
+    tried = {_identity(c) for c in candidates if c.open}
+    return [c for c in candidates if not _held(c, tried, fallbacks)]
+
+
+def _identity(candidate: Candidate, channel: str | None = None) -> tuple[int, int, str]:
+    # Alert by object identity: a candidate's alert may not have been flushed yet.
+    return (id(candidate.alert), candidate.recipient.id, channel or candidate.channel)
+
+
+def _held(candidate: Candidate, tried: set[tuple[int, int, str]], fallbacks: Fallbacks) -> bool:
+    return candidate.open and any(
+        _identity(candidate, primary) in tried for primary in fallbacks.backed_up(candidate.channel)
+    )
+
+
 def _named(channel: str, value: str | Iterable[str], names: Sequence[str]) -> tuple[str, ...]:
     try:
         return fallback_targets(channel, value, names)
@@ -97,13 +124,12 @@ class _SettingsBase(BaseSettings):
     )
 
 
-def load_fallbacks(names: Sequence[str], **env: Any) -> Fallbacks:
+def load_fallbacks(names: Sequence[str]) -> Fallbacks:
     """Reads FALLBACK_<CHANNEL> for every channel from the environment and `.env`.
 
-    Raises pydantic's ValidationError naming the variable for a bad value, like Settings();
-    env takes pydantic-settings options (_env_file=None in tests).
+    Raises pydantic's ValidationError naming the variable for a bad value, like Settings().
     """
-    settings = _settings_class(names)(**env)
+    settings = _settings_class(names)()
     return Fallbacks(
         {name: getattr(settings, _field(name)) for name in names if getattr(settings, _field(name))}
     )

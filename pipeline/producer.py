@@ -17,7 +17,7 @@ from monitoring.metrics import Metrics
 from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.clock import Clock
 from pipeline.db import SessionFactory
-from pipeline.fallbacks import Fallbacks
+from pipeline.fallbacks import apply_fallback_reserve
 from pipeline.models import Alert, AlertRecipient, Notification, Severity, State
 from pipeline.preferences import RecipientView, load_views
 from pipeline.sql import insert_ignoring_duplicates
@@ -173,29 +173,6 @@ def screen(
     candidates = apply_alert_state(candidates, now)
     candidates = apply_preferences(candidates, channels)
     return apply_quiet_hours(candidates, channels, now)
-
-
-def apply_fallback_reserve(
-    candidates: Sequence[Candidate], fallbacks: Fallbacks
-) -> list[Candidate]:
-    """Holds back a recipient's fallback channels while a channel they stand in for is open.
-
-    A held-back candidate gets no row now: the fallback creates it if that channel's
-    notification dies. Suppressed candidates stay, so their row still says why.
-    """
-    tried = {_identity(c) for c in candidates if c.open}
-    return [c for c in candidates if not _held(c, tried, fallbacks)]
-
-
-def _identity(candidate: Candidate, channel: str | None = None) -> tuple[int, int, str]:
-    # Alert by object identity: a candidate's alert may not have been flushed yet.
-    return (id(candidate.alert), candidate.recipient.id, channel or candidate.channel)
-
-
-def _held(candidate: Candidate, tried: set[tuple[int, int, str]], fallbacks: Fallbacks) -> bool:
-    return candidate.open and any(
-        _identity(candidate, primary) in tried for primary in fallbacks.backed_up(candidate.channel)
-    )
 
 
 class Producer:
