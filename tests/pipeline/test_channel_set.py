@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -128,6 +129,14 @@ def test_fallbacks_are_read_from_the_environment_in_order(
     assert channels.fallbacks.of("email") == ()
     assert channels.fallbacks.backed_up("system") == ("wecom",)
     assert channels.fallbacks.describe("wecom") == "email,system"
+
+
+def test_fallbacks_are_read_from_dot_env_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("FALLBACK_WEBHOOK=email\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert ChannelSet.load(CHANNELS, **pinned().settings).fallbacks.of("webhook") == ("email",)
 
 
 @pytest.mark.parametrize(
