@@ -78,6 +78,11 @@ class Metrics:
         )
         self.dead = c("dead_lettered_total", "Notifications dead-lettered.", ["channel", "reason"])
         self.replayed = c("dead_letters_replayed_total", "Dead letters replayed.", ["channel"])
+        self.fallbacks = c(
+            "channel_fallbacks_total",
+            "Dead notifications that fell back to another channel (to).",
+            ["channel", "to"],
+        )
         self.in_flight = g("worker_in_flight", "Sends in progress.", ["channel"])
         self.abandoned = c(
             "worker_sends_abandoned_total",
@@ -152,7 +157,9 @@ class Metrics:
         )
 
     def initialize(
-        self, channel_reasons: Mapping[str, Iterable[Reason]], jobs: Iterable[str] = ()
+        self,
+        channel_reasons: Mapping[str, Iterable[Reason]],
+        jobs: Iterable[str] = (),
     ) -> None:
         """Creates every label series at 0, so panels show 0 and zero-success alerts can fire."""
         for channel, reasons in channel_reasons.items():
@@ -191,6 +198,18 @@ class Metrics:
                 self.dead.labels(channel=channel, reason=reason.value)
         for run_outcome in ("success", "failure"):
             self.producer_runs.labels(outcome=run_outcome)
+        self._initialize_jobs(jobs)
+        self._initialize_fallbacks(list(channel_reasons))
+
+    def _initialize_fallbacks(self, channels: list[str]) -> None:
+        # Every pair, not only the configured ones: FALLBACK_* may differ between replicas,
+        # and a panel shows 0 rather than "no data" where nothing is configured.
+        for channel in channels:
+            for to in channels:
+                if to != channel:
+                    self.fallbacks.labels(channel=channel, to=to)
+
+    def _initialize_jobs(self, jobs: Iterable[str]) -> None:
         for job in jobs:
             for metric in (self.job_seconds, self.job_success, self.job_failed, self.job_last_run):
                 metric.labels(job=job)
@@ -230,6 +249,9 @@ class Metrics:
 
     def record_dead(self, channel: str, reason: str) -> None:
         self.dead.labels(channel=channel, reason=reason).inc()
+
+    def record_fallback(self, channel: str, to: str) -> None:
+        self.fallbacks.labels(channel=channel, to=to).inc()
 
     def record_replayed(self, channel: str, count: int = 1) -> None:
         self.replayed.labels(channel=channel).inc(count)

@@ -20,6 +20,7 @@ from channels.base import (
     DisabledChannel,
 )
 from channels.errors import Reason
+from pipeline.fallbacks import Fallbacks, load_fallbacks
 from pipeline.secret_url import secret_values
 from pipeline.validation import InputError
 
@@ -47,10 +48,13 @@ class BoundContact:
 
 
 class ChannelSet:
-    """Channel classes by name, in order, with their settings."""
+    """Channel classes by name, in order, with their settings and fallbacks."""
 
     def __init__(
-        self, classes: Iterable[ChannelClass], settings: Mapping[str, ChannelSettings]
+        self,
+        classes: Iterable[ChannelClass],
+        settings: Mapping[str, ChannelSettings],
+        fallbacks: Mapping[str, str | Iterable[str]] | None = None,
     ) -> None:
         self.classes: dict[str, ChannelClass] = {}
         for cls in classes:
@@ -60,16 +64,19 @@ class ChannelSet:
             self.classes[cls.name] = cls
         self.settings = {name: settings[name] for name in self.classes}
         self.contacts = _contacts(self.classes, self.settings)
+        # FALLBACK_<CHANNEL>: raises ValueError naming the variable for a bad one.
+        self.fallbacks = Fallbacks.checked(fallbacks or {}, self.names)
 
     @classmethod
     def load(cls, classes: Iterable[ChannelClass], **given: ChannelSettings) -> ChannelSet:
-        """Reads each channel's settings from the environment, unless given by name.
+        """Reads each channel's settings from the environment, unless given by name, and every
+        channel's FALLBACK_<CHANNEL>.
 
         Raises pydantic's ValidationError for a bad value, like Settings().
         """
         classes = tuple(classes)
         settings = {c.name: given.get(c.name) or c.settings_class() for c in classes}
-        return cls(classes, settings)
+        return cls(classes, settings, load_fallbacks([c.name for c in classes]).to)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -128,6 +135,7 @@ def describe_channel(channels: ChannelSet, name: str, built: Channel[Any]) -> di
         "status": status,
         "contacts": kinds,
         "waits_out_quiet_hours": channels.deferrable(name),
+        "falls_back_to": list(channels.fallbacks.of(name)),
     }
 
 

@@ -185,6 +185,9 @@ class Notification(SQLModel, table=True):
     created_at: datetime = _utc()
     updated_at: datetime = _utc()
     sent_at: datetime | None = _utc(nullable=True)
+    # Set on a row made because the notification it names died (FALLBACK_<CHANNEL>); such a
+    # row never falls back again.
+    fallback_of: int | None = Field(default=None, foreign_key="notifications.id", index=True)
 
 
 class DeliveryAttempt(SQLModel, table=True):

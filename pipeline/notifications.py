@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from channels.errors import Reason
@@ -112,7 +113,11 @@ class NotificationView:
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    # The notification this one stands in for (FALLBACK_<CHANNEL>), if any.
+    fallback_of: int | None = None
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    # The notifications that stand in for this one since it died: id, channel, state.
+    fell_back_to: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def list_notifications(
@@ -133,30 +138,44 @@ async def list_notifications(
 async def get_notification(
     sessions: SessionFactory, notification_id: int
 ) -> NotificationView | None:
-    """Returns one notification with every recorded attempt, or None."""
+    """Returns one notification with every recorded attempt and its fallbacks, or None."""
     found = await list_notifications(sessions, NotificationFilter(ids=(notification_id,)))
     if not found:
         return None
     async with sessions() as session:
-        attempts = await session.execute(
-            select(DeliveryAttempt)
-            .where(col(DeliveryAttempt.notification_id) == notification_id)
-            .order_by(col(DeliveryAttempt.id))
-        )
-        log = [
-            {
-                "attempt": a.attempt,
-                "started_at": a.started_at.isoformat(),
-                "duration_seconds": round(a.duration_seconds, 4),
-                "outcome": a.outcome,
-                "reason": a.reason,
-                "detail": a.detail,
-                "worker": a.worker,
-            }
-            for a in attempts.scalars()
-        ]
+        log = await _attempt_log(session, notification_id)
+        fallbacks = await _fell_back_to(session, notification_id)
     view = found[0]
-    return NotificationView(**{**view.__dict__, "attempt_log": log})
+    return NotificationView(**{**view.__dict__, "attempt_log": log, "fell_back_to": fallbacks})
+
+
+async def _attempt_log(session: AsyncSession, notification_id: int) -> list[dict[str, Any]]:
+    attempts = await session.execute(
+        select(DeliveryAttempt)
+        .where(col(DeliveryAttempt.notification_id) == notification_id)
+        .order_by(col(DeliveryAttempt.id))
+    )
+    return [
+        {
+            "attempt": a.attempt,
+            "started_at": a.started_at.isoformat(),
+            "duration_seconds": round(a.duration_seconds, 4),
+            "outcome": a.outcome,
+            "reason": a.reason,
+            "detail": a.detail,
+            "worker": a.worker,
+        }
+        for a in attempts.scalars()
+    ]
+
+
+async def _fell_back_to(session: AsyncSession, notification_id: int) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(col(Notification.id), col(Notification.channel), col(Notification.state))
+        .where(col(Notification.fallback_of) == notification_id)
+        .order_by(col(Notification.id))
+    )
+    return [{"id": i, "channel": channel, "state": state} for i, channel, state in rows]
 
 
 async def count_by_state(sessions: SessionFactory) -> dict[tuple[str, str], int]:
@@ -185,4 +204,5 @@ def _view(n: Notification, username: str) -> NotificationView:
         created_at=n.created_at,
         updated_at=n.updated_at,
         sent_at=n.sent_at,
+        fallback_of=n.fallback_of,
     )

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
 from channels.base import Contacts
+from pipeline.channel_set import ChannelSet
+from pipeline.contacts import load_usable
 from pipeline.models import NotificationSettings, Recipient
 from pipeline.quiet_hours import QuietHours
 
@@ -48,3 +55,23 @@ def recipient_view(
         channels=enabled_channels(settings, defaults),
         quiet_hours=quiet_hours_of(settings),
     )
+
+
+async def load_views(
+    session: AsyncSession, recipient_ids: Collection[int], channels: ChannelSet
+) -> dict[int, RecipientView]:
+    """Loads the recipients by id with their settings and usable contacts."""
+    statement = (
+        select(Recipient, NotificationSettings)
+        .outerjoin(
+            NotificationSettings, col(NotificationSettings.recipient_id) == col(Recipient.id)
+        )
+        .where(col(Recipient.id).in_(recipient_ids))
+    )
+    rows = list(await session.execute(statement))
+    contacts = await load_usable(session, set(recipient_ids), channels)
+    views = (
+        recipient_view(recipient, settings, contacts.get(recipient.id or 0, {}), channels.defaults)
+        for recipient, settings in rows
+    )
+    return {view.id: view for view in views}

@@ -16,18 +16,10 @@ from channels.errors import Reason
 from monitoring.metrics import Metrics
 from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.clock import Clock
-from pipeline.contacts import load_usable
 from pipeline.db import SessionFactory
-from pipeline.models import (
-    Alert,
-    AlertRecipient,
-    Notification,
-    NotificationSettings,
-    Recipient,
-    Severity,
-    State,
-)
-from pipeline.preferences import RecipientView, recipient_view
+from pipeline.fallbacks import apply_fallback_reserve
+from pipeline.models import Alert, AlertRecipient, Notification, Severity, State
+from pipeline.preferences import RecipientView, load_views
 from pipeline.sql import insert_ignoring_duplicates
 from pipeline.validation import content_error
 
@@ -170,6 +162,19 @@ def _quiet(candidate: Candidate, channel: ChannelClass, now: datetime) -> Candid
     return replace(candidate, not_before=release, deferred=True) if release else candidate
 
 
+def screen(
+    candidates: Sequence[Candidate], channels: Mapping[str, ChannelClass], now: datetime
+) -> list[Candidate]:
+    """Runs the per-recipient stages: alert state, preferences, then quiet hours.
+
+    Shared by the producer and the fallback (workers/fallback.py), so a fallback row is held
+    to the same rules as any other.
+    """
+    candidates = apply_alert_state(candidates, now)
+    candidates = apply_preferences(candidates, channels)
+    return apply_quiet_hours(candidates, channels, now)
+
+
 class Producer:
     """Runs the stages over batches of unprocessed alerts until none are left."""
 
@@ -253,9 +258,8 @@ class Producer:
             candidates = apply_content_check(candidates)
             repeats = await self._repeats(session, alerts)
             candidates = apply_dedup(candidates, repeats)
-            candidates = apply_alert_state(candidates, now)
-            candidates = apply_preferences(candidates, self._channels.classes)
-            candidates = apply_quiet_hours(candidates, self._channels.classes, now)
+            candidates = screen(candidates, self._channels.classes, now)
+            candidates = apply_fallback_reserve(candidates, self._channels.fallbacks)
             created = await self._persist(session, candidates, now)
             await session.execute(
                 update(Alert)
@@ -325,22 +329,18 @@ class Producer:
         self, session: AsyncSession, alert_ids: list[int]
     ) -> dict[int, list[RecipientView]]:
         statement = (
-            select(AlertRecipient.alert_id, Recipient, NotificationSettings)  # type: ignore[call-overload]
-            .join(Recipient, col(Recipient.id) == col(AlertRecipient.recipient_id))
-            .outerjoin(
-                NotificationSettings, col(NotificationSettings.recipient_id) == col(Recipient.id)
-            )
+            select(col(AlertRecipient.alert_id), col(AlertRecipient.recipient_id))
             .where(col(AlertRecipient.alert_id).in_(alert_ids))
-            .order_by(col(AlertRecipient.alert_id), col(Recipient.id))
+            .order_by(col(AlertRecipient.alert_id), col(AlertRecipient.recipient_id))
         )
-        rows = list(await session.execute(statement))
-        ids = {recipient.id for _, recipient, _ in rows}
-        contacts = await load_usable(session, ids, self._channels)
+        pairs = [
+            (int(alert_id), int(recipient_id))
+            for alert_id, recipient_id in await session.execute(statement)
+        ]
+        views = await load_views(session, {r for _, r in pairs}, self._channels)
         by_alert: dict[int, list[RecipientView]] = {}
-        for alert_id, recipient, settings in rows:
-            found = contacts.get(recipient.id, {})
-            view = recipient_view(recipient, settings, found, self._channels.defaults)
-            by_alert.setdefault(alert_id, []).append(view)
+        for alert_id, recipient_id in pairs:
+            by_alert.setdefault(alert_id, []).append(views[recipient_id])
         return by_alert
 
     async def _persist(
@@ -352,7 +352,7 @@ class Producer:
         statement = insert_ignoring_duplicates(session, Notification).returning(
             col(Notification.alert_id), col(Notification.recipient_id), col(Notification.channel)
         )
-        result = await session.execute(statement, [_row(c, now) for c in candidates])
+        result = await session.execute(statement, [candidate_row(c, now) for c in candidates])
         new = {tuple(row) for row in result}
         return [c for c in candidates if (c.alert.id, c.recipient.id, c.channel) in new]
 
@@ -363,12 +363,7 @@ class Producer:
         if duplicates:
             # Another producer got there first; its run counted these rows, not ours.
             log.info("producer_duplicates_skipped", count=duplicates)
-        for c in created:
-            self._metrics.record_created(c.channel)
-            if c.deferred:
-                self._metrics.record_deferred(c.channel)
-            if c.reason is not None:
-                self._metrics.record_suppressed(c.channel, c.reason.value)
+        count_created(self._metrics, created)
         return ProducerReport(
             alerts=len(alerts),
             created=len(created),
@@ -395,7 +390,20 @@ async def _release_producer_lock(connection: AsyncConnection) -> None:
     await connection.scalar(select(func.pg_advisory_unlock(PRODUCER_LOCK_KEY)))
 
 
-def _row(candidate: Candidate, now: datetime) -> dict[str, object]:
+def count_created(metrics: Metrics, created: Sequence[Candidate]) -> None:
+    """Counts new rows: created, and deferred or suppressed with their reason."""
+    for c in created:
+        metrics.record_created(c.channel)
+        if c.deferred:
+            metrics.record_deferred(c.channel)
+        if c.reason is not None:
+            metrics.record_suppressed(c.channel, c.reason.value)
+
+
+def candidate_row(
+    candidate: Candidate, now: datetime, fallback_of: int | None = None
+) -> dict[str, object]:
+    """Returns the notifications row of a candidate (fallback_of names the row it stands in for)."""
     return {
         "alert_id": candidate.alert.id,
         "recipient_id": candidate.recipient.id,
@@ -407,4 +415,5 @@ def _row(candidate: Candidate, now: datetime) -> dict[str, object]:
         "last_reason": candidate.reason.value if candidate.reason else None,
         "created_at": now,
         "updated_at": now,
+        "fallback_of": fallback_of,
     }

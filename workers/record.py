@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
@@ -12,9 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from monitoring.metrics import Metrics
+from pipeline.channel_set import ChannelSet
 from pipeline.db import SessionFactory
 from pipeline.models import DeliveryAttempt, Notification, Outcome, State
+from pipeline.producer import Candidate, count_created
 from pipeline.sql import first_ints, insert_ignoring_duplicates
+from workers.fallback import fall_back
 from workers.outcome import AttemptResult, Transition, decide
 from workers.retry import RetryPolicy
 
@@ -28,6 +31,8 @@ class Recorded:
     result: AttemptResult
     transition: Transition
     applied: bool
+    # The rows created to stand in for this one when it died (FALLBACK_<CHANNEL>).
+    fallbacks: tuple[Candidate, ...] = ()
 
 
 async def record(
@@ -37,11 +42,14 @@ async def record(
     policy: RetryPolicy,
     now: datetime,
     worker: str,
+    channels: ChannelSet | None = None,
 ) -> list[Recorded]:
     """Applies every result whose claim still holds; a late result (lease lost) is discarded.
 
-    Safe to call again with the same results and token when the connection dropped during the
-    commit: what the first call committed counts as applied and is stored once.
+    A row that dies falls back to its channel's fallbacks in channels (none without them), in
+    the same transaction. Safe to call again with the same results and token when the
+    connection dropped during the commit: what the first call committed counts as applied and
+    is stored once (its fallbacks included).
     """
     if not results:
         return []
@@ -64,7 +72,19 @@ async def record(
         if changes:
             # ORM bulk UPDATE by primary key: one executemany per shape of values.
             await session.execute(update(Notification), changes)
-    return recorded
+        died = [item.result.delivery.notification_id for item in recorded if _died(item, held)]
+        fallbacks = await fall_back(session, died, channels, now) if channels else {}
+    return [_with_fallbacks(item, fallbacks) for item in recorded]
+
+
+def _died(item: Recorded, held: set[int]) -> bool:
+    # Only a death this call applies: one an earlier call committed already fell back then.
+    return item.transition.state is State.DEAD and item.result.delivery.notification_id in held
+
+
+def _with_fallbacks(item: Recorded, fallbacks: Mapping[int, list[Candidate]]) -> Recorded:
+    created = fallbacks.get(item.result.delivery.notification_id)
+    return replace(item, fallbacks=tuple(created)) if created else item
 
 
 async def _insert_attempts(
@@ -147,7 +167,13 @@ def report(recorded: Sequence[Recorded], metrics: Metrics, now: datetime) -> Non
             reason=result.reason.value if result.reason else None,
             state=transition.state.value if item.applied else "discarded_late_result",
             not_before=transition.not_before.isoformat() if transition.not_before else None,
+            **_fell_back(item),
         )
+
+
+def _fell_back(item: Recorded) -> dict[str, list[str]]:
+    # Only on the lines of rows that fell back, so the common line stays as it was.
+    return {"fell_back_to": [c.channel for c in item.fallbacks]} if item.fallbacks else {}
 
 
 def _count(item: Recorded, metrics: Metrics, now: datetime) -> None:
@@ -165,7 +191,16 @@ def _count(item: Recorded, metrics: Metrics, now: datetime) -> None:
         metrics.record_sent(channel, (now - result.delivery.alert_created_at).total_seconds())
     elif transition.state is State.DEAD:
         metrics.record_dead(channel, reason or "none")
+        _count_fallbacks(channel, item.fallbacks, metrics)
     elif result.outcome is Outcome.RATE_LIMITED:
         metrics.record_rate_limited(channel)
     else:
         metrics.record_retry(channel, reason or "none")
+
+
+def _count_fallbacks(channel: str, created: Sequence[Candidate], metrics: Metrics) -> None:
+    count_created(metrics, created)
+    for candidate in created:
+        # A suppressed fallback (opted out, say) reached nobody: it counts as suppressed only.
+        if candidate.open:
+            metrics.record_fallback(channel, candidate.channel)

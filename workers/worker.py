@@ -212,7 +212,13 @@ class Worker:
             channel,
             "record",
             lambda: record(
-                self._sessions, results, token, self._policy, self._clock.now(), self._config.name
+                self._sessions,
+                results,
+                token,
+                self._policy,
+                self._clock.now(),
+                self._config.name,
+                self._catalog,
             ),
         )
         report(recorded, self._metrics, self._clock.now())

@@ -167,6 +167,9 @@ class AlertNotification(BaseModel):
     reason: str | None
     sent_at: datetime | None
     updated_at: datetime
+    fallback_of: int | None = Field(
+        description="The notification this one stands in for (FALLBACK_<CHANNEL>), if any."
+    )
 
     @classmethod
     def of(cls, view: NotificationView) -> AlertNotification:

@@ -66,6 +66,17 @@ class Notification(BaseModel):
     created_at: datetime
     updated_at: datetime
     sent_at: datetime | None
+    fallback_of: int | None = Field(
+        description="The notification this one stands in for (FALLBACK_<CHANNEL>), if any."
+    )
+
+
+class FallbackLink(BaseModel):
+    """A notification created to stand in for this one when it died."""
+
+    id: int
+    channel: str
+    state: str
 
 
 class Attempt(BaseModel):
@@ -84,6 +95,7 @@ class NotificationDetail(Notification):
     """A notification with every attempt made to deliver it, oldest first."""
 
     attempt_log: list[Attempt]
+    fell_back_to: list[FallbackLink]
 
 
 class NotificationPage(BaseModel):

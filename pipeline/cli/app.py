@@ -25,6 +25,7 @@ from pipeline.cli.tokens import tokens
 from pipeline.config import Settings
 from pipeline.db import upgrade
 from pipeline.durations import format_duration
+from pipeline.fallbacks import variable
 from pipeline.logs import configure_logging
 from pipeline.notifications import count_by_state
 from pipeline.producer import ProducerReport
@@ -272,7 +273,7 @@ def channels_command(as_json: Json = False) -> None:
         run_async(work),
         as_json=as_json,
         title="channels",
-        columns=("channel", "status", "contacts", "waits_out_quiet_hours"),
+        columns=("channel", "status", "contacts", "waits_out_quiet_hours", "falls_back_to"),
     )
 
 
@@ -291,6 +292,7 @@ def show_config(as_json: Json = False) -> None:
         for model in (settings, *channels.settings.values())
         for name, value in model
     }
+    shown |= {variable(name): channels.fallbacks.describe(name) for name in channels.names}
     emit(
         shown if as_json else [{"setting": k, "value": v} for k, v in shown.items()],
         as_json=as_json,

@@ -19,6 +19,7 @@ from pipeline.inbox import mark_read, read_inbox
 from pipeline.models import State
 from pipeline.notifications import (
     NotificationFilter,
+    NotificationView,
     get_notification,
     list_notifications,
     notification_filter,
@@ -108,12 +109,23 @@ def _show(notification_id: int, as_json: bool, *, dead_only: bool) -> None:
     emit([view], as_json=False, title=f"notification {notification_id}", columns=COLUMNS)
     if view.error:
         stdout.print(f"last error: {view.error}", highlight=False, markup=False)
+    for line in fallback_lines(view):
+        stdout.print(line, highlight=False, markup=False)
     emit(
         view.attempt_log,
         as_json=False,
         title="attempts",
         columns=("attempt", "started_at", "duration_seconds", "outcome", "reason", "detail"),
     )
+
+
+def fallback_lines(view: NotificationView) -> list[str]:
+    """Says which notification this one stands in for, and which stand in for it."""
+    lines = [f"fallback of #{view.fallback_of}"] if view.fallback_of is not None else []
+    return lines + [
+        f"fell back to #{link['id']} ({link['channel']}, {link['state']})"
+        for link in view.fell_back_to
+    ]
 
 
 @notifications.command("show")

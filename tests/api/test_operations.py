@@ -22,6 +22,7 @@ from tests.support.api import Api, running_api
 from tests.support.channels import pinned
 from tests.support.pipeline import add_alert, add_user, cycle
 from tests.support.smtp_server import SmtpSink
+from tests.support.wecom_server import WeComRobot
 
 PROBLEM = "application/problem+json"
 DEAD = 3
@@ -347,3 +348,30 @@ async def test_every_endpoint_needs_a_token_of_its_scope(
     async with api.client(scope) as client:
         allowed = await client.request(method, path, json=body)
     assert allowed.status_code not in (401, 403), allowed.text
+
+
+async def test_a_notification_shows_its_fallback_both_ways(
+    sqlite_settings: Settings, smtp_server: SmtpSink, wecom_server: WeComRobot
+) -> None:
+    wecom_server.remove_key("k1")  # the robot is gone: 93000
+    channels = pinned(smtp_server, wecom_server, fallbacks={"wecom": "email"})
+    async with running_api(sqlite_settings, channels=channels) as api:
+        await add_user(api.app, "erin", email="erin@example.com", channels="wecom,email")
+        alert = await add_alert(api.app, ["erin"])
+        await api.app.producer().run()
+        await cycle(api.app)
+        await cycle(api.app)
+        async with api.client() as client:
+            listed = (await client.get("/api/v1/notifications")).json()["items"]
+            ids = {row["channel"]: row["id"] for row in listed}
+            dead = (await client.get(f"/api/v1/notifications/{ids['wecom']}")).json()
+            standing_in = (await client.get(f"/api/v1/notifications/{ids['email']}")).json()
+            of_alert = (await client.get(f"/api/v1/alerts/{alert.id}")).json()
+    assert (dead["state"], dead["fallback_of"]) == ("DEAD", None)
+    assert dead["fell_back_to"] == [{"id": ids["email"], "channel": "email", "state": "SENT"}]
+    assert (standing_in["state"], standing_in["fallback_of"]) == ("SENT", ids["wecom"])
+    assert {n["channel"]: n["fallback_of"] for n in of_alert["notifications"]} == {
+        "system": None,
+        "wecom": None,
+        "email": ids["wecom"],
+    }

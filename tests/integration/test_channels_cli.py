@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from channels.registry import CHANNEL_NAMES
-from tests.integration.cli import Cli, base_env
+from tests.integration.cli import Cli, base_env, channel_env
 from tests.integration.test_cli import assert_one_line_error
 from tests.support.secrets import assert_no_secret
+from tests.support.smtp_server import SmtpSink
+from tests.support.wecom_server import WeComRobot
 
 ROBOT_KEY = "Planted-Robot-Key-93ab"
 ROBOT = f"https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={ROBOT_KEY}"
@@ -33,6 +35,7 @@ async def test_channels_says_which_are_on_why_not_and_what_they_read(cli: Cli) -
         "status": "on",
         "contacts": [],
         "waits_out_quiet_hours": False,
+        "falls_back_to": [],
     }
     assert off["email"]["status"].startswith("off: ")
     assert "EMAIL_ENABLED" in off["email"]["status"]
@@ -88,3 +91,50 @@ async def test_any_channels_contact_is_set_and_removed_by_kind(cli: Cli) -> None
     assert "email" not in after["contacts"] and "wecom_userid" in after["contacts"]
     assert_one_line_error(unknown, "unknown contact 'pager'", "email, wecom_userid, wecom_webhook")
     assert_one_line_error(shapeless, "--contact", "KIND=ADDRESS")
+
+
+@pytest.mark.parametrize(
+    ("env", "needles"),
+    [
+        ({"FALLBACK_WECOM": "nosuch"}, ["FALLBACK_WECOM", "unknown channel 'nosuch'"]),
+        ({"FALLBACK_EMAIL": "email"}, ["FALLBACK_EMAIL", "cannot fall back to itself"]),
+        ({"FALLBACK_WECOM": "email", "FALLBACK_EMAIL": "system"}, ["FALLBACK_EMAIL"]),
+    ],
+    ids=["unknown", "itself", "chain"],
+)
+async def test_a_bad_fallback_is_one_line_naming_it(
+    cli: Cli, env: dict[str, str], needles: list[str]
+) -> None:
+    for args in (["users", "list"], ["config"]):
+        assert_one_line_error(await cli.with_env(**env)(*args), "invalid configuration", *needles)
+
+
+async def test_config_and_channels_show_the_fallbacks(cli: Cli) -> None:
+    falling = cli.with_env(FALLBACK_WECOM="Email, system")
+    shown = await falling.json("config")
+    listed = {row["channel"]: row["falls_back_to"] for row in await falling.json("channels")}
+    assert (shown["FALLBACK_WECOM"], shown["FALLBACK_EMAIL"]) == ("email,system", "")
+    assert listed == {"system": [], "email": [], "wecom": ["email", "system"], "webhook": []}
+
+
+async def test_notifications_show_links_a_fallback_both_ways(
+    cli: Cli, smtp_server: SmtpSink, wecom_server: WeComRobot
+) -> None:
+    wecom_server.remove_key("k1")  # the robot is gone: 93000
+    falling = cli.with_env(**channel_env(smtp_server, wecom_server), FALLBACK_WECOM="email")
+    await falling.ok("users", "upsert", "dave", "--email", "dave@example.com")
+    await falling.ok("alerts", "create", "--title", "Disk full", "--recipient", "dave")
+    await falling.json("run", "--drain")
+    by_channel = {row["channel"]: row for row in await falling.json("notifications", "list")}
+    wecom, email = by_channel["wecom"], by_channel["email"]
+    dead = await falling.json("notifications", "show", str(wecom["id"]))
+    standing_in = await falling.json("notifications", "show", str(email["id"]))
+    dead_table = (await falling.ok("dlq", "show", str(wecom["id"]))).stdout
+    standing_in_table = (await falling.ok("notifications", "show", str(email["id"]))).stdout
+    assert (dead["state"], dead["reason"], dead["fallback_of"]) == ("DEAD", "wecom_93000", None)
+    assert dead["fell_back_to"] == [{"id": email["id"], "channel": "email", "state": "SENT"}]
+    assert (standing_in["state"], standing_in["fallback_of"]) == ("SENT", wecom["id"])
+    assert standing_in["fell_back_to"] == []
+    assert f"fell back to #{email['id']} (email, SENT)" in dead_table
+    assert f"fallback of #{wecom['id']}" in standing_in_table
+    assert [m["To"] for m in smtp_server.messages] == ["dave@example.com"]

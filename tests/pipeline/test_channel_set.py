@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 
 from channels.base import (
     Channel,
@@ -117,3 +118,55 @@ def test_two_channels_may_not_share_a_name_or_declare_one_contact_twice() -> Non
 
     shared = ChannelSet([Pager, Sharing], {"pager": PagerSettings(), "sharing": PagerSettings()})
     assert list(shared.contacts) == ["pager"]
+
+
+def test_fallbacks_are_read_from_the_environment_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FALLBACK_WECOM", " Email, system,email ")
+    channels = ChannelSet.load(CHANNELS, **pinned().settings)
+    assert channels.fallbacks.of("wecom") == ("email", "system")
+    assert channels.fallbacks.of("email") == ()
+    assert channels.fallbacks.backed_up("system") == ("wecom",)
+    assert channels.fallbacks.describe("wecom") == "email,system"
+
+
+def test_fallbacks_are_read_from_dot_env_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("FALLBACK_WEBHOOK=email\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert ChannelSet.load(CHANNELS, **pinned().settings).fallbacks.of("webhook") == ("email",)
+
+
+@pytest.mark.parametrize(
+    ("env", "loc", "message"),
+    [
+        ({"FALLBACK_WECOM": "nosuch"}, ("FALLBACK_WECOM",), "unknown channel 'nosuch'"),
+        ({"FALLBACK_EMAIL": "email"}, ("FALLBACK_EMAIL",), "email cannot fall back to itself"),
+        (
+            {"FALLBACK_WECOM": "email", "FALLBACK_EMAIL": "system"},
+            (),
+            "FALLBACK_EMAIL is set, but email is the fallback of wecom",
+        ),
+    ],
+    ids=["unknown", "itself", "chain"],
+)
+def test_a_bad_fallback_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], loc: tuple[str, ...], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as raised:
+        ChannelSet.load(CHANNELS, **pinned().settings)
+    [error] = raised.value.errors()
+    assert error["loc"] == loc
+    assert message in error["msg"]
+
+
+def test_fallbacks_given_in_code_are_checked_the_same_way() -> None:
+    with pytest.raises(ValueError, match=r"^FALLBACK_WECOM: unknown channel 'nosuch'"):
+        pinned(fallbacks={"wecom": "nosuch"})
+    with pytest.raises(ValueError, match=r"^FALLBACK_PAGER names no channel"):
+        pinned(fallbacks={"pager": "email"})
+    assert pinned(fallbacks={"wecom": "email"}).fallbacks.of("wecom") == ("email",)

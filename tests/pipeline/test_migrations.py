@@ -157,3 +157,44 @@ async def test_contacts_move_from_columns_to_rows_and_back(db_settings: Settings
         ("bob", None, "bob", None, None),
         ("cy", None, None, None, None),
     ]
+
+
+def _columns(connection: Connection, table: str) -> set[str]:
+    return {column["name"] for column in inspect(connection).get_columns(table)}
+
+
+async def test_fallback_links_come_and_go_with_revision_0007(db_settings: Settings) -> None:
+    config = alembic_config(db_settings)
+    await _execute(
+        db_settings,
+        "INSERT INTO recipients (id, username, created_at, updated_at)"
+        " VALUES (1, 'ada', '2026-01-01', '2026-01-01')",
+    )
+    await _execute(
+        db_settings,
+        "INSERT INTO alerts (id, title, body, severity, created_at, mention_all)"
+        " VALUES (1, 'disk', 'full', 'warning', '2026-01-01', false)",
+    )
+    await _execute(
+        db_settings,
+        "INSERT INTO notifications (id, alert_id, recipient_id, channel, state, attempts,"
+        " not_before, deferred, created_at, updated_at, fallback_of) VALUES"
+        " (1, 1, 1, 'wecom', 'DEAD', 1, '2026-01-01', false, '2026-01-01', '2026-01-01', NULL),"
+        " (2, 1, 1, 'email', 'SENT', 1, '2026-01-01', false, '2026-01-01', '2026-01-01', 1)",
+    )
+    run_in_thread(command.downgrade, config, "0006")
+    engine = create_engine(db_settings)
+    try:
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(_columns, "notifications")
+    finally:
+        await engine.dispose()
+    assert "fallback_of" not in columns
+    run_in_thread(command.upgrade, config, "head")
+    kept = await _execute(
+        db_settings, "SELECT id, channel, state, fallback_of FROM notifications ORDER BY id"
+    )
+    assert kept == [(1, "wecom", "DEAD", None), (2, "email", "SENT", None)]
+    # The link is a foreign key: it names an existing notification or nothing.
+    with pytest.raises(IntegrityError):
+        await _execute(db_settings, "UPDATE notifications SET fallback_of = 999 WHERE id = 2")

@@ -17,6 +17,7 @@ from pipeline.config import Settings
 from pipeline.models import Alert, AlertRecipient, Notification, State
 from pipeline.preferences import RecipientView
 from pipeline.producer import Candidate, apply_content_check, expand
+from tests.support.channels import pinned
 from tests.support.pipeline import (
     START,
     add_alert,
@@ -320,3 +321,24 @@ async def test_content_is_checked_again_at_send_time(sqlite_settings: Settings) 
         State.SUPPRESSED,
         Reason.INVALID_CONTENT,
     )
+
+
+async def test_a_fallback_channel_is_held_back_while_the_channel_it_backs_up_is_tried(
+    db_settings: Settings,
+) -> None:
+    # alice will be tried on WeCom, so her e-mail waits for WeCom to die; bob turned WeCom
+    # off, so he gets e-mail at once; carol turned e-mail off, and her row still says so.
+    channels = pinned(fallbacks={"wecom": "email"})
+    async with open_app(db_settings, channels=channels) as app:
+        await add_user(app, "alice", email="alice@example.com")
+        await add_user(app, "bob", email="bob@example.com", channels="email,system")
+        await add_user(app, "carol", channels="wecom,system")
+        await add_alert(app, ["alice", "bob", "carol"])
+        report = await app.producer().run()
+        found = {k: (n.state, n.last_reason) for k, n in (await rows(app)).items()}
+    assert ("alice", "email") not in found
+    assert found[("alice", "wecom")] == (State.PENDING, None)
+    assert found[("bob", "email")] == (State.PENDING, None)
+    assert found[("bob", "wecom")] == (State.SUPPRESSED, Reason.OPTED_OUT)
+    assert found[("carol", "email")] == (State.SUPPRESSED, Reason.OPTED_OUT)
+    assert report.created == 8

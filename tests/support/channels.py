@@ -16,6 +16,7 @@ from channels.base import ChannelSettings
 from channels.registry import CHANNELS
 from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.config import Settings
+from pipeline.fallbacks import variable
 from tests.support.smtp_server import SmtpSink
 from tests.support.wecom_server import WeComRobot
 
@@ -30,11 +31,13 @@ def pinned(
     robot: WeComRobot | None = None,
     *,
     classes: Iterable[ChannelClass] = CHANNELS,
+    fallbacks: Mapping[str, str] | None = None,
     **fields: Mapping[str, Any],
 ) -> ChannelSet:
     """The channels of classes; e-mail and WeCom on when given their servers.
 
-    fields maps a channel name to settings fields that override (e.g. wecom={"concurrency": 1}).
+    fields maps a channel name to settings fields that override (e.g. wecom={"concurrency": 1});
+    fallbacks maps a channel name to its FALLBACK_<CHANNEL> value (e.g. {"wecom": "email"}).
     """
     classes = tuple(classes)
     wanted: dict[str, dict[str, Any]] = {c.name: dict(fields.get(c.name, {})) for c in classes}
@@ -51,13 +54,14 @@ def pinned(
             "webhook_url": robot.webhook_url("k1"),
             "allowed_hosts": robot.allow_entry,
         } | wanted["wecom"]
-    return ChannelSet(classes, {c.name: channel_settings(c, **wanted[c.name]) for c in classes})
+    settings = {c.name: channel_settings(c, **wanted[c.name]) for c in classes}
+    return ChannelSet(classes, settings, fallbacks)
 
 
 def setting_env_names() -> set[str]:
     """Every environment variable the core and the registered channels read, upper-cased."""
     models: list[type[BaseSettings]] = [Settings, *(c.settings_class for c in CHANNELS)]
-    names: set[str] = set()
+    names: set[str] = {variable(c.name) for c in CHANNELS}
     for info in (info for model in models for info in model.model_fields.values()):
         alias = info.validation_alias
         if isinstance(alias, AliasChoices):
