@@ -37,6 +37,12 @@ class Reason(StrEnum):
     WECOM_45002 = "wecom_45002"
     WECOM_40033 = "wecom_40033"
     WECOM_OTHER = "wecom_other"
+    # WeCom app messages (the application API)
+    WECOM_TOKEN = "wecom_token"  # noqa: S105 - a reason label, not a token
+    WECOM_CREDENTIALS = "wecom_credentials"
+    WECOM_60020 = "wecom_60020"
+    WECOM_NO_RECIPIENT = "wecom_no_recipient"
+    WECOM_INVALID_USER = "wecom_invalid_user"
     # local decisions
     RATE_LIMITED = "rate_limited"
     CHANNEL_DISABLED = "channel_disabled"
@@ -119,6 +125,32 @@ def classify_wecom(errcode: int, errmsg: str = "") -> DeliveryError | None:
     if errcode in _WECOM_RATE_LIMITED:
         return RateLimited(_WECOM_RATE_LIMITED[errcode], detail, WECOM_COOL_DOWN)
     return PermanentError(_WECOM_PERMANENT.get(errcode, Reason.WECOM_OTHER), detail)
+
+
+# The access token was refused (invalid, expired, 42009): fetch a new one once and send again.
+WECOM_TOKEN_ERRCODES = frozenset({40014, 42001, 42009})
+_WECOM_APP_PERMANENT = {
+    40001: Reason.WECOM_CREDENTIALS,  # invalid secret
+    40013: Reason.WECOM_CREDENTIALS,  # invalid corp ID
+    40056: Reason.WECOM_CREDENTIALS,  # invalid agent ID
+    41001: Reason.WECOM_TOKEN,  # no token sent: a bug
+    60020: Reason.WECOM_60020,  # the server's address is not trusted by the application
+    81013: Reason.WECOM_NO_RECIPIENT,
+    82001: Reason.WECOM_NO_RECIPIENT,
+}
+
+
+def classify_wecom_app(errcode: int, errmsg: str = "") -> DeliveryError | None:
+    """Maps a WeCom application-API errcode to an error, or None for 0; the rest as the robot's.
+
+    A refused token is transient here: the channel has already fetched a new one and tried again.
+    """
+    detail = f"errcode {errcode}: {errmsg}"[:300]
+    if errcode in WECOM_TOKEN_ERRCODES:
+        return TransientError(Reason.WECOM_TOKEN, detail)
+    if errcode in _WECOM_APP_PERMANENT:
+        return PermanentError(_WECOM_APP_PERMANENT[errcode], detail)
+    return classify_wecom(errcode, errmsg)
 
 
 def classify_http(status: int, retry_after: timedelta | None = None) -> DeliveryError | None:

@@ -13,11 +13,13 @@ from channels.email import EmailChannel
 from channels.system import SystemChannel
 from channels.webhook import WebhookChannel
 from channels.wecom import WeComChannel
+from channels.wecom_app import WeComAppChannel
 
 CHANNELS: tuple[type[Channel[Any]], ...] = (
     SystemChannel,
     EmailChannel,
     WeComChannel,
+    WeComAppChannel,
     WebhookChannel,
 )
 

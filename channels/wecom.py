@@ -11,11 +11,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import httpx
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import NoDecode
 
 from channels.base import (
     Channel,
@@ -47,7 +46,7 @@ from channels.http import (
 )
 from channels.wecom_markdown import compose
 from channels.wecom_url import check_robot_url, robot_key, robot_url, split_robot_url
-from pipeline.budget import Grant, RateLimit, SendBudgets
+from pipeline.budget import Grant, RateLimit, RateLimitSetting, SendBudgets
 from pipeline.outbound import Destination, UrlRefused
 from pipeline.redact import Redactor
 from pipeline.validation import validate_robot_url, validate_wecom_userid
@@ -59,34 +58,17 @@ NOT_CONFIGURED = (
 )
 
 
-class WeComSettings(PolicySettings):
-    """WECOM_* (the seed system's WECHAT_* names too)."""
+class WeComCommon(PolicySettings):
+    """What both WeCom channels (the robot and app messages) read: the hosts, the full text."""
 
     allowed_hosts_setting = "WECOM_ALLOWED_HOSTS"
 
-    enabled: bool = Field(False, validation_alias=AliasChoices("WECOM_ENABLED", "WECHAT_ENABLED"))
-    webhook_url: SecretStr = Field(
-        SecretStr(""), validation_alias=AliasChoices("WECOM_WEBHOOK_URL", "WECHAT_WEBHOOK_URL")
-    )
     # Hosts the WeCom channels may call (see pipeline/outbound.py for the entry syntax).
     allowed_hosts: str = Field(
         "qyapi.weixin.qq.com", validation_alias=AliasChoices("WECOM_ALLOWED_HOSTS")
     )
-    # Posts per robot key in any window, for the whole deployment (WeCom allows 20 a minute).
-    rate_limit: Annotated[RateLimit, NoDecode] = Field(
-        RateLimit(20, RATE_WINDOW),
-        validation_alias=AliasChoices("WECOM_RATE_LIMIT", "WECOM_RATE_PER_MINUTE"),
-    )
-    # How many numbered parts one long message may take before its body is cut short.
-    max_parts: int = Field(5, ge=1, le=20, validation_alias=AliasChoices("WECOM_MAX_PARTS"))
-    # Where a cut-short post points for the full text: a URL with {alert_id} in it.
+    # Where a cut-short message points for the full text: a URL with {alert_id} in it.
     full_text_url: str = Field("", validation_alias=AliasChoices("WECOM_FULL_TEXT_URL"))
-    concurrency: int = Field(8, ge=1, validation_alias=AliasChoices("WECOM_CONCURRENCY"))
-
-    @field_validator("rate_limit", mode="before")
-    @classmethod
-    def _rate_limit(cls, value: object) -> RateLimit:
-        return value if isinstance(value, RateLimit) else RateLimit.parse(str(value))
 
     @field_validator("full_text_url")
     @classmethod
@@ -97,6 +79,23 @@ class WeComSettings(PolicySettings):
                 " spaces or parentheses"
             )
         return value
+
+
+class WeComSettings(WeComCommon):
+    """WECOM_* (the seed system's WECHAT_* names too)."""
+
+    enabled: bool = Field(False, validation_alias=AliasChoices("WECOM_ENABLED", "WECHAT_ENABLED"))
+    webhook_url: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("WECOM_WEBHOOK_URL", "WECHAT_WEBHOOK_URL")
+    )
+    # Posts per robot key in any window, for the whole deployment (WeCom allows 20 a minute).
+    rate_limit: RateLimitSetting = Field(
+        RateLimit(20, RATE_WINDOW),
+        validation_alias=AliasChoices("WECOM_RATE_LIMIT", "WECOM_RATE_PER_MINUTE"),
+    )
+    # How many numbered parts one long message may take before its body is cut short.
+    max_parts: int = Field(5, ge=1, le=20, validation_alias=AliasChoices("WECOM_MAX_PARTS"))
+    concurrency: int = Field(8, ge=1, validation_alias=AliasChoices("WECOM_CONCURRENCY"))
 
     @model_validator(mode="after")
     def _robot(self) -> WeComSettings:

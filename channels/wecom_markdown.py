@@ -64,19 +64,21 @@ def compose(
     max_parts: int = 1,
     full_text: str = "",
     max_bytes: int = MARKDOWN_MAX_BYTES,
+    mention: bool = True,
 ) -> list[Post]:
     """Returns the posts for deliveries of one alert to one robot: one post mentioning them all.
 
     Content over max_bytes is split between lines (or characters, never inside one) into
     numbered parts; past max_parts the body is cut to one part ending with a pointer to the
     full text (`full_text`, else the alert's number), and the mentions fill the other parts,
-    post after post, so nobody goes unmentioned. Alert data is escaped: only this template
+    post after post, so nobody goes unmentioned (mention=False: a message addressed to each
+    recipient, such as an app message, mentions nobody). Alert data is escaped: only this template
     makes markup (the heading, the severity's font tag, the mentions and the pointer's link).
     """
     first = deliveries[0]
     head = _head(first)
     body = escape_markdown(_plain_text(first.body))
-    mentions, unmentioned = _mentions(deliveries)
+    mentions, unmentioned = _mentions(deliveries) if mention else ([], list(deliveries))
     whole = [head, *body, *(atom for atom, _ in mentions)]
     if _size("".join(whole)) <= max_bytes:
         return [Post(tuple(deliveries), ("".join(whole),))]

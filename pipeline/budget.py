@@ -24,8 +24,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Annotated
 
-from sqlalchemy import delete, select, update
+from pydantic import BeforeValidator
+from pydantic_settings import NoDecode
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -61,6 +64,21 @@ class RateLimit:
 
     def __str__(self) -> str:
         return f"{self.count}/{format_duration(self.window)}"
+
+
+def _limit(value: object) -> RateLimit:
+    return value if isinstance(value, RateLimit) else RateLimit.parse(str(value))
+
+
+def _limits(value: object) -> tuple[RateLimit, ...]:
+    if isinstance(value, tuple):
+        return tuple(_limit(item) for item in value)
+    return tuple(RateLimit.parse(part) for part in str(value).split(",") if part.strip())
+
+
+# A setting such as WECOM_RATE_LIMIT="20/60s" (text, never JSON), and a list of them.
+RateLimitSetting = Annotated[RateLimit, NoDecode, BeforeValidator(_limit)]
+RateLimitsSetting = Annotated[tuple[RateLimit, ...], NoDecode, BeforeValidator(_limits)]
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,37 @@ class SendBudgets:
                 .values(last_used_at=now)
             )
         return Grant(tuple((digests[d], i) for d, i in zip(chosen, slot_ids, strict=True)))
+
+    async def reserve_each(
+        self, keys: Sequence[str], now: datetime, hold: timedelta
+    ) -> tuple[dict[str, int], dict[str, timedelta]]:
+        """Reserves one slot on each key that has one (a message to several members at once).
+
+        Returns the slot of each key that got one, and how long each other key waits.
+        """
+        digests = {key_digest(self._scope, key): key for key in dict.fromkeys(keys)}
+        granted: dict[str, int] = {}
+        waits: dict[str, timedelta] = {}
+        async with self._sessions() as session, session.begin():
+            budgets = await _lock(session, list(digests), now)
+            taken = await _slots_in_window(session, list(digests), now)
+            open_ = []
+            for digest, key in digests.items():
+                if _closed(budgets[digest], now) or len(taken[digest]) >= self.limit.count:
+                    one = {digest: budgets[digest]}
+                    waits[key] = self._wait(one, {digest: taken[digest]}, 1, now)
+                else:
+                    open_.append(digest)
+            if open_:
+                frees_at = now + hold + self.limit.window
+                rows = await session.execute(
+                    insert(SendBudgetSlot).returning(
+                        col(SendBudgetSlot.key_digest), col(SendBudgetSlot.id)
+                    ),
+                    [{"key_digest": digest, "frees_at": frees_at} for digest in open_],
+                )
+                granted = {digests[digest]: int(slot or 0) for digest, slot in rows}
+        return granted, waits
 
     async def settle(self, sent: Sequence[tuple[int, datetime]], unused: Sequence[int]) -> None:
         """Counts each sent slot from the moment its answer came; frees the slots not used."""

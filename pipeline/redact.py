@@ -8,7 +8,7 @@ from collections.abc import Iterable
 MASK = "***"
 # A webhook key travels in the query string; mask it even when we were never told its value.
 _URL_KEY = re.compile(
-    r"(?i)([?&;](?:key|access_token|token|secret|password|passwd|pwd)=)[^&#\s\"'<>]+"
+    r"(?i)([?&;](?:key|access_token|token|secret|corpsecret|password|passwd|pwd)=)[^&#\s\"'<>]+"
 )
 # A URL password whose value we were never told: everything from `scheme://user:` to the last
 # `@` before the URL ends (whitespace or a quote), so a raw `@`, `:` or `/` in it is covered.
