@@ -14,8 +14,12 @@ from pydantic import ValidationError
 from channels.base import ChannelContext, ChannelUnavailable, Delivery
 from channels.errors import DeliveryError, PermanentError, RateLimited, Reason, TransientError
 from channels.wecom_app import AppPayload, WeComAppChannel, WeComAppSettings
+from pipeline.config import Settings
+from pipeline.models import State
 from tests.channels.conftest import Harness
 from tests.channels.test_wecom import make_delivery
+from tests.support.channels import pinned
+from tests.support.pipeline import add_alert, add_user, open_app, rows
 from tests.support.secrets import assert_no_secret
 from tests.support.wecom_app_server import AGENT_ID, CORP_ID, WeComApp
 
@@ -29,8 +33,8 @@ async def server() -> AsyncIterator[WeComApp]:
         yield running
 
 
-def app_settings(server: WeComApp, **fields: Any) -> WeComAppSettings:
-    given: dict[str, Any] = {
+def app_fields(server: WeComApp) -> dict[str, Any]:
+    return {
         "enabled": True,
         "corp_id": CORP_ID,
         "agent_id": AGENT_ID,
@@ -38,7 +42,10 @@ def app_settings(server: WeComApp, **fields: Any) -> WeComAppSettings:
         "api_base": server.base_url,
         "allowed_hosts": server.base_url,
     }
-    return WeComAppSettings(_env_file=None, **(given | fields))
+
+
+def app_settings(server: WeComApp, **fields: Any) -> WeComAppSettings:
+    return WeComAppSettings(_env_file=None, **(app_fields(server) | fields))
 
 
 @pytest.fixture
@@ -252,3 +259,34 @@ def test_bad_app_settings_name_the_problem(
     given = {k: v.replace("SERVER", server.base_url) for k, v in fields.items()}
     with pytest.raises(ValidationError, match=needle):
         app_settings(server, **given)
+
+
+# through a worker
+
+
+async def test_an_alert_to_three_people_is_one_call_and_an_unknown_userid_dies_alone(
+    db_settings: Settings, server: WeComApp
+) -> None:
+    channels = pinned(wecom_app=app_fields(server))
+    async with open_app(db_settings, channels=channels) as app:
+        for name, userid in (
+            ("alice", "user001"),
+            ("bob", "left-the-company"),
+            ("carol", "user003"),
+        ):
+            await add_user(app, name, channels="wecom_app", wecom_userid=userid)
+        await add_alert(app, ["alice", "bob", "carol"])
+        await app.producer().run()
+        await app.relay().tick()
+        assert await app.worker(["wecom_app"]).run_until_idle() == 3
+        found = await rows(app)
+    [received] = server.received
+    assert received.touser == ["user001", "user003"]
+    assert server.token_fetches == 1
+    states = {name: (found[(name, "wecom_app")].state, found[(name, "wecom_app")].last_reason)
+              for name in ("alice", "bob", "carol")}  # fmt: skip
+    assert states == {
+        "alice": (State.SENT, None),
+        "bob": (State.DEAD, Reason.WECOM_INVALID_USER),
+        "carol": (State.SENT, None),
+    }

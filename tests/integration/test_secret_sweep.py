@@ -14,15 +14,18 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from pydantic import AliasChoices, BaseModel
 from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from channels.registry import CHANNELS
 from pipeline.config import Settings
 from tests.integration.cli import Cli, Result, Server, base_env
 from tests.support.redis_server import RedisServer
 from tests.support.secrets import assert_no_secret
 from tests.support.smtp_server import SmtpSink
 from tests.support.waiting import eventually
+from tests.support.wecom_app_server import AGENT_ID, CORP_ID, WeComApp
 from tests.support.wecom_server import WeComRobot
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(300)]
@@ -32,7 +35,18 @@ QUEUE_PASSWORD = "Sweep-Queue-3c4d"
 SMTP_PASSWORD = "Sweep-Smtp-5e6f"
 GLOBAL_KEY = "Sweep-GlobalKey-7a8b"
 USER_KEY = "Sweep-UserKey-9c0d"
-SETTING_SECRETS = (DB_PASSWORD, QUEUE_PASSWORD, SMTP_PASSWORD, GLOBAL_KEY)
+APP_SECRET = "Sweep-AppSecret-1e2f"
+WEBHOOK_SECRET = "Sweep-WebhookSecret-3a4b"
+WEBHOOK_URL = "https://hooks.example/in/Sweep-WebhookPath-5c6d"
+SETTING_SECRETS = (
+    WEBHOOK_URL,
+    DB_PASSWORD,
+    QUEUE_PASSWORD,
+    SMTP_PASSWORD,
+    GLOBAL_KEY,
+    APP_SECRET,
+    WEBHOOK_SECRET,
+)
 
 
 def every_form(*secrets: str) -> list[str]:
@@ -120,7 +134,10 @@ async def test_no_planted_secret_reaches_any_output(
     await redis.start()
     wecom_server.add_key(GLOBAL_KEY)
     wecom_server.add_key(USER_KEY)
-    async with SmtpSink(username="tocsin", password=SMTP_PASSWORD) as smtp:
+    async with (
+        SmtpSink(username="tocsin", password=SMTP_PASSWORD) as smtp,
+        WeComApp(APP_SECRET, users=["alice"]) as app_api,
+    ):
         env = base_env(
             tmp_path,
             DATABASE_URL=database_url,
@@ -136,8 +153,17 @@ async def test_no_planted_secret_reaches_any_output(
             EMAIL_PASSWORD=SMTP_PASSWORD,
             EMAIL_ALLOW_PLAINTEXT_AUTH="true",
             WECOM_ENABLED="true",
-            WECOM_ALLOWED_HOSTS=wecom_server.allow_entry,
             WECOM_WEBHOOK_URL=wecom_server.webhook_url(GLOBAL_KEY),
+            WECOM_APP_ENABLED="true",
+            WECOM_APP_CORP_ID=CORP_ID,
+            WECOM_APP_AGENT_ID=str(AGENT_ID),
+            WECOM_APP_SECRET=APP_SECRET,
+            WECOM_APP_API_BASE=app_api.base_url,
+            WECOM_ALLOWED_HOSTS=f"{wecom_server.allow_entry},{app_api.base_url}",
+            # Set but off: still secrets that config must mask.
+            WEBHOOK_SECRET=WEBHOOK_SECRET,
+            WEBHOOK_URL=WEBHOOK_URL,
+            WEBHOOK_ALLOWED_HOSTS="hooks.example",
             RETRY_SCHEDULE="1s",
         )
         try:
@@ -150,6 +176,7 @@ async def test_no_planted_secret_reaches_any_output(
 
     # The secrets were really in use: a login, posts to both keys, deliveries over the queue.
     assert smtp.logins and smtp.messages
+    assert app_api.token_fetches and app_api.received, "the app secret was never used"
     assert wecom_server.received.get(GLOBAL_KEY) and wecom_server.received.get(USER_KEY) is not None
     debug = [text for text in sweep.outputs if '"level": "debug"' in text]
     assert debug, "no DEBUG line at all: the sweep would prove nothing"
@@ -163,8 +190,9 @@ async def run_everything(sweep: Sweep, smtp: SmtpSink, robot: WeComRobot) -> Non
     await sweep.ok("config")
     await sweep.json("config")
     await sweep.ok(
-        "users", "upsert", "alice", "--email", "alice@example.com", "--wecom-userid", "alice"
-    )
+        "users", "upsert", "alice", "--email", "alice@example.com", "--wecom-userid", "alice",
+        "--channels", "system,email,wecom,wecom_app",
+    )  # fmt: skip
     await sweep.ok(
         "users", "upsert", "bob", "--email", "bob@example.com",
         "--wecom-webhook", robot.webhook_url(USER_KEY),
@@ -199,13 +227,20 @@ async def run_everything(sweep: Sweep, smtp: SmtpSink, robot: WeComRobot) -> Non
 
 def test_the_sweep_knows_every_secret_setting() -> None:
     """A new secret setting must be planted here too: the sweep lists what it covers."""
-    covered = {"database_url", "queue_url", "email_password", "wecom_webhook_url"}
-    from pydantic import SecretStr
-
+    covered = {
+        "DATABASE_URL", "QUEUE_URL", "EMAIL_PASSWORD", "WECOM_WEBHOOK_URL", "WECOM_APP_SECRET",
+        "WEBHOOK_SECRET", "WEBHOOK_URL",
+    }  # fmt: skip
+    models: list[type[BaseModel]] = [Settings, *(c.settings_class for c in CHANNELS)]
     secret_fields = {
-        name
-        for name, field in Settings.model_fields.items()
-        if isinstance(field.default, SecretStr)
-        or (field.annotation is not None and "Secret" in str(field.annotation))
+        _env_name(field, name)
+        for model in models
+        for name, field in model.model_fields.items()
+        if field.annotation is not None and "Secret" in str(field.annotation)
     }
     assert secret_fields <= covered, secret_fields - covered
+
+
+def _env_name(field: Any, name: str) -> str:
+    alias = field.validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else name.upper()
