@@ -89,7 +89,9 @@ class WeComAppSettings(WeComCommon):
 
     @model_validator(mode="after")
     def _api_base(self) -> WeComAppSettings:
-        self.refuse_unless_allowed("WECOM_APP_API_BASE", SecretStr(self.api_base), check_base)
+        # Only when on: the default base must not stop a deployment that allows other hosts.
+        if self.enabled:
+            self.refuse_unless_allowed("WECOM_APP_API_BASE", SecretStr(self.api_base), check_base)
         return self
 
 

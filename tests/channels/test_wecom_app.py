@@ -290,3 +290,8 @@ async def test_an_alert_to_three_people_is_one_call_and_an_unknown_userid_dies_a
         "bob": (State.DEAD, Reason.WECOM_INVALID_USER),
         "carol": (State.SENT, None),
     }
+
+
+def test_an_app_that_is_off_never_stops_a_deployment_allowing_other_hosts() -> None:
+    settings = WeComAppSettings(_env_file=None, allowed_hosts="http://127.0.0.1:8080")
+    assert not settings.enabled
