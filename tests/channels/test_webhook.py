@@ -20,6 +20,7 @@ from pipeline.config import Settings
 from pipeline.models import State
 from pipeline.validation import InputError
 from tests.support.channels import pinned
+from tests.support.http_server import serve
 from tests.support.pipeline import START, add_alert, add_user, cycle, open_app, rows
 from tests.support.secrets import assert_no_secret
 
@@ -59,10 +60,8 @@ async def receiver() -> AsyncIterator[Receiver]:
     served = Receiver()
     app = web.Application()
     app.router.add_post("/hooks/{name}", served.hook)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    served.origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, port = await serve(app)
+    served.origin = f"http://127.0.0.1:{port}"
     yield served
     await runner.cleanup()
 

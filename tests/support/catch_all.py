@@ -6,6 +6,8 @@ from types import TracebackType
 
 from aiohttp import web
 
+from tests.support.http_server import serve
+
 
 class CatchAll:
     """Listens on one address (any path, any method) and records what reached it."""
@@ -29,11 +31,7 @@ class CatchAll:
     async def __aenter__(self) -> CatchAll:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._any)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve(app, self.host)
         return self
 
     async def __aexit__(

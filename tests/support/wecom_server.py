@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.http_server import serve
+
 SEND_PATH = "/cgi-bin/webhook/send"
 LIMITS = {"text": 2048, "markdown": 4096}
 WINDOW_SECONDS = 60.0
@@ -98,11 +100,7 @@ class WeComRobot:
         """Starts serving on a free loopback port in the running loop."""
         app = web.Application()
         app.router.add_post(SEND_PATH, self._send)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve(app)
         return self
 
     async def stop(self) -> None:
