@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import IO
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -130,7 +133,7 @@ async def run_processes(
     settings: Settings, robot: WeComRobot, keys: Sequence[str], workers: int, rows: int
 ) -> int:
     """Runs one producer and W wecom workers until `rows` rows are terminal; returns SENT."""
-    env = env_for(settings, 0) | {
+    env = {k: v for k, v in env_for(settings, 0).items() if not k.startswith("EMAIL_")} | {
         "WECOM_ENABLED": "true",
         "WECOM_WEBHOOK_URL": ",".join(robot.webhook_url(key) for key in keys),
         "WECOM_ALLOWED_HOSTS": robot.allow_entry,
@@ -138,27 +141,41 @@ async def run_processes(
         "RETRY_JITTER": "0",
     }
     commands = [["producer"]] + [["worker", "--channel", "wecom"]] * workers
+    logs = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
     processes = [
         await asyncio.create_subprocess_exec(
-            TOCSIN, *command, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            TOCSIN, *command, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=logs
         )
         for command in commands
-    ]  # fmt: skip
+    ]
     engine = create_async_engine(settings.database_url.get_secret_value())
     try:
         while True:
             async with engine.connect() as conn:
                 found = await conn.execute(
-                    select(col(Notification.state), func.count()).group_by(col(Notification.state))
+                    select(col(Notification.state), func.count())
+                    .where(col(Notification.channel) == "wecom")
+                    .group_by(col(Notification.state))
                 )
                 states = Counter({state: count for state, count in found})
             if sum(states[s] for s in TERMINAL) >= rows:
+                if states[State.SENT.value] < rows:
+                    print(f"not all sent: {dict(states)}", file=sys.stderr)
                 return states[State.SENT.value]
+            _fail_if_one_exited(processes, logs)
             await asyncio.sleep(0.5)
     finally:
         await stop_processes(processes)
         await engine.dispose()
+        logs.close()
+
+
+def _fail_if_one_exited(processes: list[asyncio.subprocess.Process], logs: IO[bytes]) -> None:
+    for process in processes:
+        if process.returncode is not None:
+            logs.seek(0)
+            told = logs.read().decode(errors="replace")[-2000:]
+            raise SystemExit(f"a tocsin process exited with {process.returncode}:\n{told}")
 
 
 async def budget_run(
@@ -235,10 +252,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 def as_text(report: dict[str, object]) -> str:
     """The report as lines for a person."""
     lines = [f"WeCom budget on PostgreSQL + {report['broker']}, {report['limit']}"]
-    lines.append("workers keys  posts  per window by key (ceiling)  most in a window  45009")
+    lines.append("workers keys  posts   sent  per window by key (ceiling)  most in a window  45009")
     for r in report["budget"]:  # type: ignore[attr-defined]
         lines.append(
-            f"{r['workers']:>7} {r['keys']:>4} {r['posts']:>6}  "
+            f"{r['workers']:>7} {r['keys']:>4} {r['posts']:>6} {r['sent']:>6}  "
             f"{r['per_window_by_key']!s:>20} ({r['ceiling_per_key']})  "
             f"{r['most_in_a_window_by_key']!s:>16}  {r['refused_45009']:>5}"
         )

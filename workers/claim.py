@@ -131,6 +131,9 @@ async def _take_siblings(
         .where(col(Notification.alert_id).in_(alert_ids), col(Notification.channel) == channel, due)
         .order_by(col(Notification.id))
         .limit(MAX_SIBLINGS)
+        # Siblings another worker is claiming right now are theirs: waiting for their locks
+        # while holding ours would deadlock two workers claiming one alert's rows.
+        .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     rows = await session.execute(

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from tests.integration.faults.harness import Cluster
-from tests.support.wecom_server import WeComRobot
+from tests.support.wecom_server import WeComRobot, mentions
 
 # Several processes against the PostgreSQL that allows 100 connections: with the fault suite.
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("faults")]
@@ -64,3 +64,38 @@ async def test_four_workers_never_post_past_a_robot_keys_limit(cluster: Cluster,
     if keys > 1:
         # The pool's keys take turns.
         assert all(len(robot.received.get(name, [])) >= ALERTS // (2 * keys) for name in names)
+
+
+@pytest.mark.timeout(300)
+async def test_four_workers_share_one_alerts_recipients_without_deadlock(cluster: Cluster) -> None:
+    # Every worker's first message pulls the alert's siblings along: they race for one set of
+    # rows, and each must take what the others have not, never wait for their locks.
+    people = 300
+    async with WeComRobot(keys=["key1"]) as robot:
+        cluster.env_defaults.update(
+            WECOM_ENABLED="true",
+            WECOM_WEBHOOK_URL=robot.webhook_url("key1"),
+            WECOM_ALLOWED_HOSTS=robot.allow_entry,
+        )
+        [alert] = await cluster.seed(people, 1, channels=("wecom",))
+        await cluster.sql(
+            "INSERT INTO recipient_contacts (recipient_id, kind, address)"
+            " SELECT recipient_id, 'wecom_userid', 'wx' || recipient_id FROM alert_recipients"
+            " WHERE alert_id = :alert",
+            alert=alert,
+        )
+        procs = await asyncio.gather(
+            cluster.spawn_producer(),
+            *(cluster.spawn_worker(f"w{n}", channels=("wecom",)) for n in range(WORKERS)),
+        )
+        await cluster.wait_ready(*procs)
+        states = await cluster.settle(timeout=180)
+        mentioned = Counter(
+            m for b in robot.received["key1"] for m in mentions(b["markdown"]["content"])
+        )
+        deadlocks = sum(p.count("worker_batch_failed") for p in procs)
+
+    assert states == {"SENT": people, "SUPPRESSED": 2 * people}
+    assert len(mentioned) == people and set(mentioned.values()) == {1}
+    assert len(robot.received["key1"]) < people // 10, "the recipients were not coalesced"
+    assert deadlocks == 0
