@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -21,6 +21,10 @@ from pipeline.preferences import enabled_channels
 from pipeline.producer import alert_suppression, content_suppression
 from pipeline.sql import first_ints
 from workers.outcome import AttemptResult
+
+# The first key of the per-alert claim locks (two-key advisory locks: apart from the
+# producer's one-key lock).
+CLAIM_LOCK_SPACE = 0x746F63
 
 # How many siblings one claim takes along (a WeCom app message addresses up to 1,000 users).
 MAX_SIBLINGS = 1000
@@ -54,24 +58,47 @@ async def claim(
     lease: timedelta,
     token: str,
     channels: ChannelSet,
+    channel: str | None = None,
 ) -> Claim:
     """Moves QUEUED rows to SENDING under token, in one transaction (guarded by state).
 
     Rows already SENDING under the same token count as claimed, so a claim whose commit was
-    lost with the connection can be retried as it is.
+    lost with the connection can be retried as it is. On a coalescing channel (given as
+    `channel`), claims of one alert's rows take turns, so the first takes the whole group.
     """
     result = Claim(token=token, lease_until=now + lease)
     async with sessions() as session, session.begin():
+        if channel is not None and channels.coalesces(channel):
+            await _take_turns_per_alert(session, ids)
         taken = await _take(session, ids, token, result.lease_until, now)
         claimed = {notification_id for notification_id, _, _ in taken}
         await _sort_unclaimed(session, set(ids) - claimed, result)
-        for channel, alert_ids in _coalesced_alerts(taken, channels).items():
+        for coalescing, alert_ids in _coalesced_alerts(taken, channels).items():
             claimed |= await _take_siblings(
-                session, channel, alert_ids, token, result.lease_until, now
+                session, coalescing, alert_ids, token, result.lease_until, now
             )
         if claimed:
             await _load(session, claimed, now, channels, result)
     return result
+
+
+async def _take_turns_per_alert(session: AsyncSession, ids: Sequence[int]) -> None:
+    """Holds, until commit, a lock per alert of these rows (PostgreSQL; SQLite has one writer).
+
+    Without it two batches holding rows of one alert each take part of its group: two posts
+    instead of one. Taken in alert order before any row is locked, so claims never deadlock;
+    a claim that waited finds its rows already taken, and drops their messages as stale.
+    """
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        return
+    alerts = await session.execute(
+        select(col(Notification.alert_id))
+        .where(col(Notification.id).in_(ids))
+        .distinct()
+        .order_by(col(Notification.alert_id))
+    )
+    for alert_id in alerts.scalars():
+        await session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_SPACE, alert_id)))
 
 
 async def _take(

@@ -227,7 +227,9 @@ class Worker:
 
     async def _claim(self, channel: str, ids: Sequence[int], lease: timedelta, token: str) -> Claim:
         await self._start(channel)
-        return await claim(self._sessions, ids, self._clock.now(), lease, token, self._catalog)
+        return await claim(
+            self._sessions, ids, self._clock.now(), lease, token, self._catalog, channel
+        )
 
     async def _start(self, channel: str) -> None:
         # Here rather than in run(): run, run_until_idle and the relay's inline fallback all
