@@ -114,7 +114,7 @@ async def test_config_and_channels_show_the_fallbacks(cli: Cli) -> None:
     shown = await falling.json("config")
     listed = {row["channel"]: row["falls_back_to"] for row in await falling.json("channels")}
     assert (shown["FALLBACK_WECOM"], shown["FALLBACK_EMAIL"]) == ("email,system", "")
-    assert listed == {"system": [], "email": [], "wecom": ["email", "system"], "webhook": []}
+    assert listed == {name: [] for name in CHANNEL_NAMES} | {"wecom": ["email", "system"]}
 
 
 async def test_notifications_show_links_a_fallback_both_ways(
