@@ -200,9 +200,10 @@ def _posts(
     posts: list[Post] = []
     left = mentions
     while True:
+        # Every post's mentions start on their own paragraph, after the pointer.
         atoms = [
             cut,
-            *(atom if index else atom.lstrip(" ") for index, (atom, _) in enumerate(left)),
+            *(atom if index else "\n\n" + atom.lstrip() for index, (atom, _) in enumerate(left)),
         ]
         ranges = pack(atoms, room)[:max_parts]
         taken = ranges[-1][1] - 1  # mention atoms in this post

@@ -75,6 +75,14 @@ def test_a_thousand_mentions_past_the_parts_become_several_posts() -> None:
     assert all("the full text is alert 7" in post.parts[0] for post in posts)
 
 
+def test_every_posts_mentions_start_on_their_own_paragraph() -> None:
+    posts = compose(recipients(400, body="告警" * 3000), max_parts=1)
+    assert len(posts) > 1
+    for post in posts:
+        [part] = post.parts
+        assert "in Tocsin.)\n\n<@" in part, part[-200:]
+
+
 def test_recipients_without_a_userid_ride_along_unmentioned() -> None:
     deliveries = [*recipients(2), make_delivery(notification_id=99, wecom_userid=None)]
     [post] = compose(deliveries, max_parts=5)
