@@ -294,6 +294,7 @@ class WeComAppChannel(Channel[WeComAppSettings]):
         """A slot of every member budget for each userid that has them all."""
         granted: dict[str, list[tuple[SendBudgets, int]]] = {u: [] for u in userids}
         waits: dict[str, timedelta] = {}
+        given_back: dict[SendBudgets, list[int]] = {}
         for budget in self._members:
             slots, waiting = await budget.reserve_each(list(granted), now, self._hold)
             for userid, slot in slots.items():
@@ -302,7 +303,9 @@ class WeComAppChannel(Channel[WeComAppSettings]):
                 waits[userid] = wait
                 # Slots this member got from the other limits are given back.
                 for other, slot in granted.pop(userid):
-                    await other.settle([], [slot])
+                    given_back.setdefault(other, []).append(slot)
+        for budget, returned in given_back.items():
+            await budget.settle([], returned)
         return granted, waits
 
     async def _settle(
@@ -318,9 +321,7 @@ class WeComAppChannel(Channel[WeComAppSettings]):
         data = await self._post_message(token, userids, content)
         if data.get("errcode") in WECOM_TOKEN_ERRCODES:
             data = await self._post_message(await self.token.renew(token), userids, content)
-        error = classify_wecom_app(_errcode(data), self._redact(str(data.get("errmsg", ""))))
-        if error is not None:
-            raise error
+        self._raise_for(data)
         return {
             userid: PermanentError(
                 Reason.WECOM_INVALID_USER,
@@ -347,9 +348,7 @@ class WeComAppChannel(Channel[WeComAppSettings]):
             f"&corpsecret={self._secret}"
         )
         data = await self._call("GET", url)
-        error = classify_wecom_app(_errcode(data), self._redact(str(data.get("errmsg", ""))))
-        if error is not None:
-            raise error
+        self._raise_for(data)
         token, lifetime = data.get("access_token"), data.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(lifetime, int):
             raise TransientError(Reason.BAD_RESPONSE, "gettoken answered without a token")
@@ -373,6 +372,12 @@ class WeComAppChannel(Channel[WeComAppSettings]):
             return check_url(url, self._allow)
         except UrlRefused as exc:
             raise refused("WeCom API", exc) from None
+
+    def _raise_for(self, data: dict[str, Any]) -> None:
+        """Raises the error a non-zero errcode means (errmsg redacted), or returns."""
+        error = classify_wecom_app(_errcode(data), self._redact(str(data.get("errmsg", ""))))
+        if error is not None:
+            raise error
 
     def _redact(self, text: str) -> str:
         return Redactor([self._secret, self.token.current])(text)

@@ -35,7 +35,7 @@ from sqlmodel import col
 from pipeline.db import SessionFactory
 from pipeline.durations import format_duration, parse_duration
 from pipeline.models import SendBudget, SendBudgetSlot
-from pipeline.sql import insert_ignoring_duplicates
+from pipeline.sql import first_ints, insert_ignoring_duplicates
 
 _LIMIT = re.compile(r"\s*(\d+)\s*(?:/\s*(\S+))?\s*")
 
@@ -115,15 +115,11 @@ class SendBudgets:
         async with self._sessions() as session, session.begin():
             budgets = await _lock(session, list(digests), now)
             taken = await _slots_in_window(session, list(digests), now)
-            free = {
-                digest: 0 if _closed(budget, now) else self.limit.count - len(taken[digest])
-                for digest, budget in budgets.items()
-            }
+            free = {d: self._free(budgets[d], taken[d], now) for d in budgets}
             if sum(free.values()) < count:
                 return self._wait(budgets, taken, count, now)
             chosen = _take_turns(free, taken, budgets, count)
-            frees_at = now + hold + self.limit.window
-            slot_ids = [await _add_slot(session, digest, frees_at) for digest in chosen]
+            slot_ids = await _add_slots(session, chosen, now + hold + self.limit.window)
             await session.execute(
                 update(SendBudget)
                 .where(col(SendBudget.key_digest).in_(set(chosen)))
@@ -146,20 +142,13 @@ class SendBudgets:
             taken = await _slots_in_window(session, list(digests), now)
             open_ = []
             for digest, key in digests.items():
-                if _closed(budgets[digest], now) or len(taken[digest]) >= self.limit.count:
+                if self._free(budgets[digest], taken[digest], now):
+                    open_.append(digest)
+                else:
                     one = {digest: budgets[digest]}
                     waits[key] = self._wait(one, {digest: taken[digest]}, 1, now)
-                else:
-                    open_.append(digest)
-            if open_:
-                frees_at = now + hold + self.limit.window
-                rows = await session.execute(
-                    insert(SendBudgetSlot).returning(
-                        col(SendBudgetSlot.key_digest), col(SendBudgetSlot.id)
-                    ),
-                    [{"key_digest": digest, "frees_at": frees_at} for digest in open_],
-                )
-                granted = {digests[digest]: int(slot or 0) for digest, slot in rows}
+            slot_ids = await _add_slots(session, open_, now + hold + self.limit.window)
+            granted = {digests[digest]: slot for digest, slot in zip(open_, slot_ids, strict=True)}
         return granted, waits
 
     async def settle(self, sent: Sequence[tuple[int, datetime]], unused: Sequence[int]) -> None:
@@ -167,11 +156,14 @@ class SendBudgets:
         if not sent and not unused:
             return
         async with self._sessions() as session, session.begin():
-            for slot_id, answered_at in sent:
+            if sent:
+                # ORM bulk UPDATE by primary key: one executemany for every slot.
                 await session.execute(
-                    update(SendBudgetSlot)
-                    .where(col(SendBudgetSlot.id) == slot_id)
-                    .values(frees_at=answered_at + self.limit.window)
+                    update(SendBudgetSlot),
+                    [
+                        {"id": slot_id, "frees_at": answered_at + self.limit.window}
+                        for slot_id, answered_at in sent
+                    ],
                 )
             if unused:
                 await session.execute(
@@ -201,16 +193,18 @@ class SendBudgets:
         # key reopens, in order.
         moments = sorted(
             {at for slots in taken.values() for at in slots}
-            | {b.closed_until for b in budgets.values() if _closed(b, now) and b.closed_until}
+            | {b.closed_until for b in budgets.values() if b.closed_until and b.closed_until > now}
         )
         for moment in moments:
-            free = sum(
-                0 if _closed(budgets[d], moment) else self.limit.count - _busy(taken[d], moment)
-                for d in budgets
-            )
-            if free >= count:
+            if sum(self._free(budgets[d], taken[d], moment) for d in budgets) >= count:
                 return moment - now
         return self.limit.window  # not reached: every slot frees within a window and a hold
+
+    def _free(self, budget: SendBudget, slots: list[datetime], moment: datetime) -> int:
+        """The slots a key has free at moment: none while closed, else those not taken then."""
+        if budget.closed_until is not None and budget.closed_until > moment:
+            return 0
+        return self.limit.count - sum(1 for frees_at in slots if frees_at > moment)
 
 
 async def _lock(session: AsyncSession, digests: list[str], now: datetime) -> dict[str, SendBudget]:
@@ -248,11 +242,17 @@ async def _slots_in_window(
     return taken
 
 
-async def _add_slot(session: AsyncSession, digest: str, frees_at: datetime) -> int:
-    slot = SendBudgetSlot(key_digest=digest, frees_at=frees_at)
-    session.add(slot)
-    await session.flush()
-    return int(slot.id or 0)
+async def _add_slots(session: AsyncSession, digests: list[str], frees_at: datetime) -> list[int]:
+    """Adds a slot per digest (one may repeat); returns their ids in the same order."""
+    if not digests:
+        return []
+    rows = await session.execute(
+        insert(SendBudgetSlot.__table__).returning(  # type: ignore[attr-defined]
+            col(SendBudgetSlot.id), sort_by_parameter_order=True
+        ),
+        [{"key_digest": digest, "frees_at": frees_at} for digest in digests],
+    )
+    return first_ints(rows)
 
 
 def _take_turns(
@@ -273,11 +273,3 @@ def _take_turns(
         left[digest] -= 1
         used[digest] += 1
     return chosen
-
-
-def _closed(budget: SendBudget, moment: datetime) -> bool:
-    return budget.closed_until is not None and budget.closed_until > moment
-
-
-def _busy(slots: list[datetime], moment: datetime) -> int:
-    return sum(1 for frees_at in slots if frees_at > moment)
