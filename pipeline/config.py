@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.durations import parse_duration, parse_schedule
+from pipeline.durations import Duration, parse_schedule
 from pipeline.secret_url import SecretUrl
 
 
@@ -44,10 +44,10 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("DB_POOL_SIZE"))
     # A database that accepts TCP and never answers must fail a command in seconds, not hang.
-    db_connect_timeout: timedelta = Field(
+    db_connect_timeout: Duration = Field(
         timedelta(seconds=5), validation_alias=_env("DB_CONNECT_TIMEOUT")
     )
-    db_command_timeout: timedelta = Field(
+    db_command_timeout: Duration = Field(
         timedelta(seconds=30), validation_alias=_env("DB_COMMAND_TIMEOUT")
     )
     # REDIS_URL is the seed system's name for its queue; QUEUE_URL wins when both are set.
@@ -67,12 +67,10 @@ class Settings(BaseSettings):
     )
     # Messages of a dead Redis consumer are taken over after this idle time; it must stay
     # well above the slowest send (SEND_TIMEOUT), or a slow send is delivered twice.
-    redis_claim_idle: timedelta = Field(
+    redis_claim_idle: Duration = Field(
         timedelta(seconds=120), validation_alias=_env("REDIS_CLAIM_IDLE")
     )
-    broker_timeout: timedelta = Field(
-        timedelta(seconds=10), validation_alias=_env("BROKER_TIMEOUT")
-    )
+    broker_timeout: Duration = Field(timedelta(seconds=10), validation_alias=_env("BROKER_TIMEOUT"))
 
     # Loopback unless set: METRICS_ADDR=0.0.0.0 lets Prometheus in another container scrape.
     metrics_addr: str = Field("127.0.0.1", validation_alias=_env("METRICS_ADDR"))
@@ -85,13 +83,13 @@ class Settings(BaseSettings):
     api_port: int = Field(8080, ge=-1, le=65535, validation_alias=_env("API_PORT"))
     api_max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("API_MAX_BODY_BYTES"))
     # A client that sends its request body slower than this is cut off (408).
-    api_body_timeout: timedelta = Field(
+    api_body_timeout: Duration = Field(
         timedelta(seconds=10), validation_alias=_env("API_BODY_TIMEOUT")
     )
     # At most this many alerts in one POST /api/v1/alerts.
     api_batch_max: int = Field(100, ge=1, validation_alias=_env("API_BATCH_MAX"))
     # An Idempotency-Key is remembered this long: a repeat within it returns the first alert.
-    idempotency_retention: timedelta = Field(
+    idempotency_retention: Duration = Field(
         timedelta(hours=24), validation_alias=_env("IDEMPOTENCY_RETENTION")
     )
     # Alertmanager ingest: the label whose value names recipients (comma-separated usernames)
@@ -113,7 +111,7 @@ class Settings(BaseSettings):
     producer_cron: str = Field("0 * * * *", validation_alias=_env("PRODUCER_CRON"))
     # Comma-separated job ids that are declared but must not be scheduled.
     disabled_jobs: str = Field("", validation_alias=_env("DISABLED_JOBS"))
-    observe_interval: timedelta = Field(
+    observe_interval: Duration = Field(
         timedelta(seconds=15), validation_alias=_env("OBSERVE_INTERVAL")
     )
     # One alert may not fan out to more people than this (a typo'd group is not a broadcast).
@@ -121,15 +119,15 @@ class Settings(BaseSettings):
         1000, ge=1, validation_alias=_env("MAX_RECIPIENTS_PER_ALERT")
     )
     # A second alert with the same dedup_key within this window notifies nobody.
-    dedup_window: timedelta = Field(timedelta(hours=1), validation_alias=_env("DEDUP_WINDOW"))
+    dedup_window: Duration = Field(timedelta(hours=1), validation_alias=_env("DEDUP_WINDOW"))
     producer_batch_size: int = Field(50, ge=1, validation_alias=_env("PRODUCER_BATCH_SIZE"))
-    relay_interval: timedelta = Field(timedelta(seconds=2), validation_alias=_env("RELAY_INTERVAL"))
+    relay_interval: Duration = Field(timedelta(seconds=2), validation_alias=_env("RELAY_INTERVAL"))
     relay_batch_size: int = Field(500, ge=1, validation_alias=_env("RELAY_BATCH_SIZE"))
     # A QUEUED row whose message was lost is published again after this long.
-    queue_lease: timedelta = Field(timedelta(minutes=10), validation_alias=_env("QUEUE_LEASE"))
+    queue_lease: Duration = Field(timedelta(minutes=10), validation_alias=_env("QUEUE_LEASE"))
     # A SENDING row whose worker vanished is published again after this long.
-    send_lease: timedelta = Field(timedelta(minutes=2), validation_alias=_env("SEND_LEASE"))
-    send_timeout: timedelta = Field(timedelta(seconds=30), validation_alias=_env("SEND_TIMEOUT"))
+    send_lease: Duration = Field(timedelta(minutes=2), validation_alias=_env("SEND_LEASE"))
+    send_timeout: Duration = Field(timedelta(seconds=30), validation_alias=_env("SEND_TIMEOUT"))
 
     # NoDecode: "5m,15m" is our format, not JSON (pydantic-settings would parse it as JSON).
     retry_schedule: Annotated[tuple[timedelta, ...], NoDecode] = Field(
@@ -142,34 +140,11 @@ class Settings(BaseSettings):
         validation_alias=_env("RETRY_SCHEDULE"),
     )
     retry_jitter: float = Field(0.1, ge=0, le=1, validation_alias=_env("RETRY_JITTER"))
-    retry_max_age: timedelta = Field(timedelta(hours=24), validation_alias=_env("RETRY_MAX_AGE"))
+    retry_max_age: Duration = Field(timedelta(hours=24), validation_alias=_env("RETRY_MAX_AGE"))
 
     worker_concurrency: int = Field(16, ge=1, validation_alias=_env("WORKER_CONCURRENCY"))
     worker_batch_size: int = Field(64, ge=1, validation_alias=_env("WORKER_BATCH_SIZE"))
-    shutdown_grace: timedelta = Field(
-        timedelta(seconds=25), validation_alias=_env("SHUTDOWN_GRACE")
-    )
-
-    @field_validator(
-        "relay_interval",
-        "queue_lease",
-        "send_lease",
-        "send_timeout",
-        "retry_max_age",
-        "shutdown_grace",
-        "redis_claim_idle",
-        "observe_interval",
-        "broker_timeout",
-        "db_connect_timeout",
-        "db_command_timeout",
-        "dedup_window",
-        "api_body_timeout",
-        "idempotency_retention",
-        mode="before",
-    )
-    @classmethod
-    def _duration(cls, value: object) -> object:
-        return parse_duration(value) if isinstance(value, str) else value
+    shutdown_grace: Duration = Field(timedelta(seconds=25), validation_alias=_env("SHUTDOWN_GRACE"))
 
     @field_validator("log_level")
     @classmethod
