@@ -15,6 +15,9 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg  # type: ignore[import-untyped]
@@ -31,8 +34,18 @@ SHAPES = ((20, 1000), (2000, 10), (1, 10000))
 ROBOT = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=bench"
 
 
-async def producer_rate(alerts: int, recipients: int) -> tuple[int, float]:
-    """Rows one producer pass created, and rows per second."""
+@dataclass(frozen=True)
+class Seeded:
+    """Where the shape was seeded, and the ids of its alerts and recipients."""
+
+    url: str
+    alert_ids: list[int]
+    recipient_ids: list[int]
+
+
+@asynccontextmanager
+async def seeded(alerts: int, recipients: int, tag: str) -> AsyncIterator[tuple[App, Seeded]]:
+    """A fresh migrated database with the shape's alerts and recipients, and an app on it."""
     async with fresh_database() as url:
         settings = settings_for(url, "memory://")
         await asyncio.to_thread(upgrade, settings)
@@ -42,45 +55,40 @@ async def producer_rate(alerts: int, recipients: int) -> tuple[int, float]:
         try:
             shape = Shape(recipients, alerts)
             ids = await seed_recipients(app, shape)
-            await seed_alerts(app, shape, ids, "fanout")
-            async with app.sessions() as session, session.begin():
-                await session.execute(
-                    text(
-                        "UPDATE notification_settings SET channels = 'system,email'"
-                        " WHERE recipient_id % 2 = 0"
-                    )
-                )
-            started = time.perf_counter()
-            report = await app.producer().run()
-            return report.created, report.created / (time.perf_counter() - started)
+            alert_ids = await seed_alerts(app, shape, ids, tag)
+            yield app, Seeded(url, alert_ids, ids)
         finally:
             await app.aclose()
+
+
+async def producer_rate(alerts: int, recipients: int) -> tuple[int, float]:
+    """Rows one producer pass created, and rows per second."""
+    async with seeded(alerts, recipients, "fanout") as (app, _):
+        async with app.sessions() as session, session.begin():
+            await session.execute(
+                text(
+                    "UPDATE notification_settings SET channels = 'system,email'"
+                    " WHERE recipient_id % 2 = 0"
+                )
+            )
+        started = time.perf_counter()
+        report = await app.producer().run()
+        return report.created, report.created / (time.perf_counter() - started)
 
 
 async def executemany_rate(alerts: int, recipients: int) -> float:
     """asyncpg executemany of the same number of notification rows, rows per second."""
-    async with fresh_database() as url:
-        settings = settings_for(url, "memory://")
-        await asyncio.to_thread(upgrade, settings)
-        app = App.create(
-            settings, channels=build_channels(2525, ROBOT), registry=CollectorRegistry()
-        )
-        try:
-            shape = Shape(recipients, alerts)
-            ids = await seed_recipients(app, shape)
-            alert_ids = await seed_alerts(app, shape, ids, "ceiling")
-        finally:
-            await app.aclose()
+    async with seeded(alerts, recipients, "ceiling") as (_, seed):
         now = datetime.now(UTC)
         rows = [
             (a, r, channel, "SUPPRESSED" if off else "PENDING", now,
              "opted_out" if off else None, now, now)
-            for a in alert_ids
-            for r in ids
+            for a in seed.alert_ids
+            for r in seed.recipient_ids
             for channel in ("system", "email", "wecom")
             for off in [channel == "wecom" and r % 2 == 0]
         ]  # fmt: skip
-        connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+        connection = await asyncpg.connect(seed.url.replace("postgresql+asyncpg", "postgresql"))
         try:
             started = time.perf_counter()
             async with connection.transaction():
