@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.contentmanager import _encode_text  # type: ignore[attr-defined]
 from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from enum import StrEnum
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -106,6 +108,7 @@ _PLAIN_TEXT = re.compile(r"[\t\n\x20-\x7e]*")
 # Quoted-printable and base64 never contain "=_", so only a 7bit body could collide with it,
 # and a body that holds it is sent quoted-printable.
 _BOUNDARY = "=_tocsin_alternative_=_"
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
 
 # Exceptions without an SMTP reply code, most specific first (SMTPConnectTimeoutError is
 # also a TimeoutError, ssl.SSLError also an OSError, SMTPServerDisconnected also an OSError).
@@ -277,21 +280,28 @@ class EmailChannel(Channel[EmailSettings]):
         sender = self._sender()
         recipient = _recipient(delivery)
         utf8 = not (sender.addr_spec + recipient.addr_spec).isascii()
-        message = EmailMessage(policy=WIRE_UTF8 if utf8 else WIRE)
-        message["From"] = sender.header
-        message["To"] = recipient.header
-        message["Subject"] = header_text(f"[{delivery.severity.upper()}] {delivery.title}")
-        message["Message-ID"] = msg_id
-        message["Date"] = self._clock.now()
-        text, markup = _text_body(delivery), _html_body(delivery)
-        message.set_content(text, cte=_transfer_encoding(text))
-        # A fixed boundary: the generator would otherwise draw and regex-check a random one.
-        message.make_alternative(boundary=_BOUNDARY)
-        message.add_alternative(markup, subtype="html", cte=_transfer_encoding(markup))
+        policy = WIRE_UTF8 if utf8 else WIRE
+        # The stdlib writes the headers people can put text in (names, subject): its folding
+        # and encoded-words, and the wire policy's refusal to break a line.
+        head = EmailMessage(policy=policy)
+        head["From"] = sender.header
+        head["To"] = recipient.header
+        head["Subject"] = header_text(f"[{delivery.severity.upper()}] {delivery.title}")
+        head["Message-ID"] = msg_id
+        head["Date"] = self._clock.now()
         try:
-            data = bytes(message)
+            headers = bytes(head)[: -len(_CRLF)]
         except HeaderBroken as exc:
             raise PermanentError(Reason.RENDER_ERROR, f"the {exc} header would break") from None
+        data = b"".join(
+            (
+                headers,
+                _ALTERNATIVE_HEAD,
+                _part("plain", _text_body(delivery), policy),
+                _part("html", _html_body(delivery), policy),
+                _ALTERNATIVE_END,
+            )
+        )
         return EmailPayload(
             data=data,
             sender=sender.addr_spec,
@@ -388,6 +398,33 @@ def _recipient(delivery: Delivery) -> _Mailbox:
         raise PermanentError(
             Reason.INVALID_ADDRESS, f"recipient {delivery.recipient_id} has an invalid email"
         ) from None
+
+
+_CRLF = b"\r\n"
+# The multipart skeleton is fixed (headers we write, not people): built once as bytes instead
+# of by EmailMessage per message, which cost about 1 ms of a worker's CPU per e-mail.
+_ALTERNATIVE_HEAD = (
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/alternative; boundary="' + _BOUNDARY.encode() + b'"\r\n\r\n'
+)
+_DELIMITER = b"--" + _BOUNDARY.encode() + _CRLF
+_ALTERNATIVE_END = b"--" + _BOUNDARY.encode() + b"--" + _CRLF
+
+
+def _part(subtype: str, text: str, policy: EmailPolicy) -> bytes:
+    """One text/* part of the alternative, its body encoded as EmailMessage.set_content does."""
+    cte = _transfer_encoding(text)
+    # The stdlib's own encoder (set_content's), so the bytes are what EmailMessage wrote.
+    _, body = _encode_text(text, "utf-8", cte, policy)
+    return b"".join(
+        (
+            _DELIMITER,
+            f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode(),
+            f"Content-Transfer-Encoding: {cte}\r\n\r\n".encode(),
+            _LINE_ENDS.sub("\r\n", body).encode("ascii"),
+            _CRLF,
+        )
+    )
 
 
 def _transfer_encoding(text: str) -> str:

@@ -13,6 +13,7 @@ from channels.base import Contact
 from pipeline.channel_set import ChannelSet
 from pipeline.models import RecipientContact
 from pipeline.redact import MASK
+from pipeline.sql import table_of
 
 
 class Stored(NamedTuple):
@@ -34,12 +35,14 @@ async def load_contacts(
 ) -> dict[int, StoredContacts]:
     """Returns the stored addresses of each recipient (one without any is absent)."""
     found: dict[int, StoredContacts] = {}
+    c = table_of(RecipientContact).c
     for chunk in _chunks(sorted(set(recipient_ids))):
+        # Columns, not entities: workers load contacts for every batch they claim.
         rows = await session.execute(
-            select(RecipientContact).where(col(RecipientContact.recipient_id).in_(chunk))
+            select(c.recipient_id, c.kind, c.address, c.secret).where(c.recipient_id.in_(chunk))
         )
-        for row in rows.scalars():
-            found.setdefault(row.recipient_id, {})[row.kind] = Stored(row.address, row.secret)
+        for recipient_id, kind, address, secret in rows:
+            found.setdefault(recipient_id, {})[kind] = Stored(address, secret)
     return found
 
 

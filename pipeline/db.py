@@ -67,7 +67,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
         hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        # No ping on checkout: asyncpg's costs three round trips, paid by every claim and
+        # record. A connection that died with the server fails its statement instead; the
+        # engine then drops the whole pool, the worker, relay and producer retry the step and
+        # the API answers 503 with Retry-After, once per process.
+        pool_pre_ping=False,
         # asyncpg waits 60 s to connect and forever for an answer by default: a database that
         # accepts TCP and never answers would hang every command.
         connect_args={

@@ -6,6 +6,7 @@ asyncpg, SQLAlchemy, Alembic, ...) end in the same processors, so one scrubber s
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -30,12 +31,18 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler configure_logging installs; found by type to replace, never to stack."""
 
 
+# Values up to this long are redacted once and remembered: the secrets are fixed at start, and
+# most values of a line (channel, outcome, state, reason) repeat on every delivery.
+_REMEMBERED_LENGTH = 64
+
+
 def scrubber(redact: Callable[[str], str]) -> Callable[[object], object]:
     """Returns a function that redacts a value, its nested items and any other object's str()."""
+    remembered = functools.lru_cache(maxsize=4096)(redact)
 
     def scrub(value: object) -> object:
         if isinstance(value, str):
-            return redact(value)
+            return remembered(value) if len(value) <= _REMEMBERED_LENGTH else redact(value)
         if isinstance(value, _PLAIN):
             return value
         if isinstance(value, Mapping):

@@ -126,7 +126,12 @@ class NotificationSettings(SQLModel, table=True):
     @property
     def channel_set(self) -> frozenset[str]:
         """The enabled channel names."""
-        return frozenset(name for name in self.channels.split(",") if name)
+        return self.parse_channels(self.channels)
+
+    @staticmethod
+    def parse_channels(stored: str) -> frozenset[str]:
+        """The channel names of a stored `channels` value."""
+        return frozenset(name for name in stored.split(",") if name)
 
 
 class Alert(SQLModel, table=True):

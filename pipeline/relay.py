@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlmodel import col
 
 from monitoring.metrics import Metrics
@@ -89,15 +89,37 @@ class Relay:
         interval = self._settings.relay_interval.total_seconds()
         failures = 0
         while not stop.is_set():
+            wait = interval
             try:
                 failed = (await self.tick()).failed
+                if not failed:
+                    wait = await self._until_next_due(interval)
             except Exception:
                 log.exception("relay_tick_failed")
                 failed = 1
             failures = failures + 1 if failed else 0
-            wait = backoff_delay(failures, interval, MAX_BACKOFF)
+            if failures:
+                wait = backoff_delay(failures, interval, MAX_BACKOFF)
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
+
+    async def _until_next_due(self, interval: float) -> float:
+        """Seconds until the earliest waiting row falls due, at most interval.
+
+        Rows deferred to the same instant (a quiet window ending, a retry) are published when
+        they fall due rather than up to a whole interval later.
+        """
+        async with self._sessions() as session:
+            earliest = await session.scalar(
+                select(func.min(col(Notification.not_before))).where(
+                    col(Notification.state) == State.PENDING.value
+                )
+            )
+        if earliest is None:
+            return interval
+        delay = (earliest - self._clock.now()).total_seconds()
+        # A row already due was left by this tick (another relay holds it): no hurry for it.
+        return delay if 0 < delay < interval else interval
 
     async def release_all_leases(self) -> int:
         """Makes every QUEUED/SENDING row due for publishing again (the memory queue is gone)."""

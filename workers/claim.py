@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,14 +18,29 @@ from pipeline.channel_set import ChannelSet
 from pipeline.contacts import load_usable
 from pipeline.db import SessionFactory
 from pipeline.models import Alert, Notification, NotificationSettings, Outcome, Recipient, State
-from pipeline.preferences import enabled_channels
 from pipeline.producer import alert_suppression, content_suppression
-from pipeline.sql import first_ints
+from pipeline.sql import first_ints, table_of
 from workers.outcome import AttemptResult
 
 # The first key of the per-alert claim locks (two-key advisory locks: apart from the
 # producer's one-key lock).
 CLAIM_LOCK_SPACE = 0x746F63
+
+NOTIFICATIONS = table_of(Notification)
+ALERTS = table_of(Alert)
+RECIPIENTS = table_of(Recipient)
+SETTINGS = table_of(NotificationSettings)
+# What the claim reads of an alert: enough to render it and to tell whether it still holds.
+_ALERT_COLUMNS = (
+    "id",
+    "title",
+    "body",
+    "severity",
+    "mention_all",
+    "created_at",
+    "resolved_at",
+    "expires_at",
+)
 
 # How many siblings one claim takes along (a WeCom app message addresses up to 1,000 users).
 MAX_SIBLINGS = 1000
@@ -106,23 +122,23 @@ async def _take(
 ) -> list[tuple[int, int, str]]:
     """Claims the QUEUED rows among ids; returns (id, alert id, channel) of each claimed row."""
     rows = await session.execute(
-        update(Notification)
+        update(NOTIFICATIONS)
         .where(
-            col(Notification.id).in_(ids),
+            NOTIFICATIONS.c.id.in_(ids),
             or_(
-                col(Notification.state) == State.QUEUED.value,
+                NOTIFICATIONS.c.state == State.QUEUED.value,
                 and_(
-                    col(Notification.state) == State.SENDING.value,
-                    col(Notification.claim_token) == token,
+                    NOTIFICATIONS.c.state == State.SENDING.value,
+                    NOTIFICATIONS.c.claim_token == token,
                 ),
             ),
         )
         .values(
             state=State.SENDING.value, claim_token=token, lease_until=lease_until, updated_at=now
         )
-        .returning(col(Notification.id), col(Notification.alert_id), col(Notification.channel))
+        .returning(NOTIFICATIONS.c.id, NOTIFICATIONS.c.alert_id, NOTIFICATIONS.c.channel)
     )
-    return [(id_ or 0, alert_id, channel) for id_, alert_id, channel in rows]
+    return [(id_, alert_id, channel) for id_, alert_id, channel in rows]
 
 
 def _coalesced_alerts(
@@ -149,14 +165,15 @@ async def _take_siblings(
     filled: queued ones (their own messages are then dropped as stale) and due ones the relay
     has not published yet. Rows still waiting (quiet hours, a retry) stay where they are.
     """
+    n = NOTIFICATIONS.c
     due = or_(
-        col(Notification.state) == State.QUEUED.value,
-        and_(col(Notification.state) == State.PENDING.value, col(Notification.not_before) <= now),
+        n.state == State.QUEUED.value,
+        and_(n.state == State.PENDING.value, n.not_before <= now),
     )
     siblings = (
-        select(col(Notification.id))
-        .where(col(Notification.alert_id).in_(alert_ids), col(Notification.channel) == channel, due)
-        .order_by(col(Notification.id))
+        select(n.id)
+        .where(n.alert_id.in_(alert_ids), n.channel == channel, due)
+        .order_by(n.id)
         .limit(MAX_SIBLINGS)
         # Siblings another worker is claiming right now are theirs: waiting for their locks
         # while holding ours would deadlock two workers claiming one alert's rows.
@@ -164,14 +181,14 @@ async def _take_siblings(
         .scalar_subquery()
     )
     rows = await session.execute(
-        update(Notification)
+        update(NOTIFICATIONS)
         # The state is checked again on the row itself: a sibling another worker took first
         # is no longer due, and stays its.
-        .where(col(Notification.id).in_(siblings), due)
+        .where(n.id.in_(siblings), due)
         .values(
             state=State.SENDING.value, claim_token=token, lease_until=lease_until, updated_at=now
         )
-        .returning(col(Notification.id))
+        .returning(n.id)
     )
     return set(first_ints(rows))
 
@@ -180,7 +197,7 @@ async def _sort_unclaimed(session: AsyncSession, unclaimed: set[int], result: Cl
     if not unclaimed:
         return
     existing = await session.execute(
-        select(col(Notification.id)).where(col(Notification.id).in_(unclaimed))
+        select(NOTIFICATIONS.c.id).where(NOTIFICATIONS.c.id.in_(unclaimed))
     )
     result.stale = set(first_ints(existing))
     result.unknown = unclaimed - result.stale
@@ -189,22 +206,42 @@ async def _sort_unclaimed(session: AsyncSession, unclaimed: set[int], result: Cl
 async def _load(
     session: AsyncSession, ids: set[int], now: datetime, channels: ChannelSet, result: Claim
 ) -> None:
+    # Core columns, not ORM entities: this runs for every batch a worker claims.
+    n, a, r, s = NOTIFICATIONS.c, ALERTS.c, RECIPIENTS.c, SETTINGS.c
     statement = (
-        select(Notification, Alert, Recipient, NotificationSettings)
-        .join(Alert, col(Alert.id) == col(Notification.alert_id))
-        .join(Recipient, col(Recipient.id) == col(Notification.recipient_id))
-        .outerjoin(
-            NotificationSettings, col(NotificationSettings.recipient_id) == col(Recipient.id)
+        select(
+            n.id,
+            n.channel,
+            n.attempts,
+            n.recipient_id,
+            r.username,
+            s.channels,
+            # alert_id among them, from the alert's own id.
+            *(a[name].label(f"alert_{name}") for name in _ALERT_COLUMNS),
         )
-        .where(col(Notification.id).in_(ids))
-        .order_by(col(Notification.id))
+        .join(ALERTS, a.id == n.alert_id)
+        .join(RECIPIENTS, r.id == n.recipient_id)
+        .outerjoin(SETTINGS, s.recipient_id == n.recipient_id)
+        .where(n.id.in_(ids))
+        .order_by(n.id)
     )
     rows = list(await session.execute(statement))
-    contacts = await load_usable(session, {n.recipient_id for n, _, _, _ in rows}, channels)
-    for notification, alert, recipient, settings in rows:
-        found = contacts.get(notification.recipient_id, {})
-        delivery = _delivery(notification, alert, recipient, found)
-        reason = _suppression(alert, settings, notification.channel, channels.defaults, now)
+    contacts = await load_usable(session, {row.recipient_id for row in rows}, channels)
+    alerts: dict[int, tuple[Alert, Reason | None]] = {}
+    for row in rows:
+        if row.alert_id not in alerts:
+            alert = Alert(**{name: row._mapping[f"alert_{name}"] for name in _ALERT_COLUMNS})
+            reason = alert_suppression(alert, now) or content_suppression(alert)
+            alerts[row.alert_id] = alert, reason
+        alert, alert_reason = alerts[row.alert_id]
+        delivery = _delivery(row, alert, contacts.get(row.recipient_id, {}))
+        enabled = (
+            NotificationSettings.parse_channels(row.channels)
+            if row.channels is not None
+            else channels.defaults
+        )
+        # Checked again at send time: preferences, alert state (and its row) may have changed.
+        reason = Reason.OPTED_OUT if row.channel not in enabled else alert_reason
         if reason is None:
             result.deliveries.append(delivery)
         else:
@@ -213,33 +250,18 @@ async def _load(
             )
 
 
-def _suppression(
-    alert: Alert,
-    settings: NotificationSettings | None,
-    channel: str,
-    defaults: frozenset[str],
-    now: datetime,
-) -> Reason | None:
-    # Checked again at send time: preferences, alert state (and its row) may have changed since.
-    if channel not in enabled_channels(settings, defaults):
-        return Reason.OPTED_OUT
-    return alert_suppression(alert, now) or content_suppression(alert)
-
-
-def _delivery(
-    notification: Notification, alert: Alert, recipient: Recipient, contacts: dict[str, str]
-) -> Delivery:
+def _delivery(row: Any, alert: Alert, contacts: dict[str, str]) -> Delivery:
     return Delivery(
-        notification_id=notification.id or 0,
-        channel=notification.channel,
-        attempt=notification.attempts + 1,
-        alert_id=alert.id or 0,
+        notification_id=row.id,
+        channel=row.channel,
+        attempt=row.attempts + 1,
+        alert_id=row.alert_id,
         title=alert.title,
         body=alert.body,
         severity=alert.severity,
         mention_all=alert.mention_all,
         alert_created_at=alert.created_at,
-        recipient_id=recipient.id or 0,
-        username=recipient.username,
+        recipient_id=row.recipient_id,
+        username=row.username,
         contacts=contacts,
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -16,12 +16,35 @@ from pipeline.channel_set import ChannelSet
 from pipeline.db import SessionFactory
 from pipeline.models import DeliveryAttempt, Notification, Outcome, State
 from pipeline.producer import Candidate, count_created
-from pipeline.sql import first_ints, insert_ignoring_duplicates
+from pipeline.sql import first_ints, insert_ignoring_duplicates, table_of
 from workers.fallback import fall_back
 from workers.outcome import AttemptResult, Transition, decide
 from workers.retry import RetryPolicy
 
 log = structlog.get_logger("tocsin.worker")
+
+_TABLE = table_of(Notification)
+_N = _TABLE.c
+# One statement for the whole batch (an executemany on the Core table: the ORM's bulk update
+# costs more than the database does). A transition without a new not_before or sent_at keeps
+# the row's own.
+_APPLY = (
+    update(_TABLE)
+    .where(_N.id == bindparam("row_id"))
+    .values(
+        state=bindparam("new_state"),
+        attempts=bindparam("new_attempts"),
+        last_reason=bindparam("new_reason"),
+        last_error=bindparam("new_error"),
+        lease_until=None,
+        claim_token=None,
+        updated_at=bindparam("now", type_=_N.updated_at.type),
+        not_before=func.coalesce(
+            bindparam("new_not_before", type_=_N.not_before.type), _N.not_before
+        ),
+        sent_at=func.coalesce(bindparam("new_sent_at", type_=_N.sent_at.type), _N.sent_at),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +93,7 @@ async def record(
             _values(item, now) for item in recorded if item.result.delivery.notification_id in held
         ]
         if changes:
-            # ORM bulk UPDATE by primary key: one executemany per shape of values.
-            await session.execute(update(Notification), changes)
+            await session.execute(_APPLY, changes)
         died = [item.result.delivery.notification_id for item in recorded if _died(item, held)]
         fallbacks = await fall_back(session, died, channels, now) if channels else {}
     return [_with_fallbacks(item, fallbacks) for item in recorded]
@@ -107,12 +129,8 @@ async def _insert_attempts(
 async def _still_held(session: AsyncSession, ids: list[int], token: str) -> set[int]:
     """Returns the ids this claim still holds, locked until commit (a late claim holds none)."""
     rows = await session.execute(
-        select(col(Notification.id))
-        .where(
-            col(Notification.id).in_(ids),
-            col(Notification.state) == State.SENDING.value,
-            col(Notification.claim_token) == token,
-        )
+        select(_N.id)
+        .where(_N.id.in_(ids), _N.state == State.SENDING.value, _N.claim_token == token)
         .with_for_update()
     )
     return set(first_ints(rows))
@@ -120,21 +138,16 @@ async def _still_held(session: AsyncSession, ids: list[int], token: str) -> set[
 
 def _values(item: Recorded, now: datetime) -> dict[str, object]:
     transition = item.transition
-    values: dict[str, object] = {
-        "id": item.result.delivery.notification_id,
-        "state": transition.state.value,
-        "attempts": transition.attempts,
-        "last_reason": transition.reason.value if transition.reason else None,
-        "last_error": transition.detail or None,
-        "lease_until": None,
-        "claim_token": None,
-        "updated_at": now,
+    return {
+        "row_id": item.result.delivery.notification_id,
+        "new_state": transition.state.value,
+        "new_attempts": transition.attempts,
+        "new_reason": transition.reason.value if transition.reason else None,
+        "new_error": transition.detail or None,
+        "new_not_before": transition.not_before,
+        "new_sent_at": transition.sent_at,
+        "now": now,
     }
-    if transition.not_before is not None:
-        values["not_before"] = transition.not_before
-    if transition.sent_at is not None:
-        values["sent_at"] = transition.sent_at
-    return values
 
 
 def _attempt_row(result: AttemptResult, token: str, worker: str) -> dict[str, object]:

@@ -119,10 +119,11 @@ class Worker:
         return self.delivered - before
 
     async def _consume(self, channel: str, *, burst: bool) -> None:
-        # Twice the send concurrency in messages, in batches of at most the concurrency: one
-        # batch is claimed or recorded while another is sending.
-        window = 2 * self._config.concurrency
-        batch = min(self._config.batch_size, self._config.concurrency)
+        # Two batches of messages in flight: one is claimed or recorded while the other is
+        # sending. Its sends take turns for the concurrency; a batch's cost in the database is
+        # mostly per statement, so a full batch makes each delivery cheaper.
+        batch = self._config.batch_size
+        window = 2 * batch
         slots = asyncio.Semaphore(window)
         tasks: set[asyncio.Task[None]] = set()
         timeout = self._config.idle_timeout if burst else self._config.receive_timeout

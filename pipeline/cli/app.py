@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from datetime import timedelta
 from enum import Enum
@@ -13,6 +12,7 @@ from pydantic import AliasChoices, BaseModel, SecretStr
 
 from channels.base import ChannelContext
 from channels.registry import CHANNEL_NAMES
+from pipeline import loop as event_loop
 from pipeline.app import App, secrets_of
 from pipeline.channel_set import describe_channel
 from pipeline.cli.context import friendly_errors, load_channels, load_settings, run_async
@@ -215,7 +215,7 @@ def _serve(
             await app_.aclose()
 
     with friendly_errors(settings, configured):
-        asyncio.run(main())
+        event_loop.run(main())
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from sqlalchemy.exc import DBAPIError
 
+from pipeline import loop as event_loop
 from pipeline.app import App, registered_channels, secrets_of
 from pipeline.channel_set import ChannelSet
 from pipeline.cli.output import fail
@@ -130,7 +130,7 @@ def run_async(
             await app.aclose()
 
     with friendly_errors(settings, channels):
-        return asyncio.run(main())
+        return event_loop.run(main())
     raise AssertionError("unreachable")
 
 
