@@ -192,8 +192,8 @@ def test_the_message_is_byte_for_byte_what_emailmessage_writes(
     except PermanentError:
         return
     # The headers before it are EmailMessage's own (the same code as before).
-    _, body = payload.data.split(b"\r\nMIME-Version: ", 1)
-    assert b"MIME-Version: " + body == stdlib_body(text_body(delivery), html_body(delivery))
+    _, mime = payload.data.split(b"\r\nMIME-Version: ", 1)
+    assert b"MIME-Version: " + mime == stdlib_body(text_body(delivery), html_body(delivery))
 
 
 @fixture_ok
