@@ -88,7 +88,9 @@ def _result(
 
 async def _send(channel: Channel[Any], message: Message, timeout: float) -> Failures:
     try:
-        return await asyncio.wait_for(channel.send(message.payload), timeout) or {}
+        # asyncio.timeout runs the send in this task; wait_for would start a task per send.
+        async with asyncio.timeout(timeout):
+            return await channel.send(message.payload) or {}
     except DeliveryError as error:
         failed: DeliveryError = error
     except TimeoutError:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from pipeline.clock import ManualClock
+from sqlalchemy import update
+
+from pipeline.clock import ManualClock, SystemClock
 from pipeline.config import DispatchFallback, Settings
-from pipeline.models import State
+from pipeline.models import Notification, State
 from pipeline.notifications import NotificationFilter, list_notifications
 from pipeline.queues.base import QueueUnavailable, decode_message
 from pipeline.queues.memory import MemoryQueue
 from tests.support.pipeline import START, add_alert, add_user, open_app, produced, rows, sample
+from tests.support.waiting import eventually
 
 
 async def test_publishes_due_rows_and_leaves_deferred_ones(db_settings: Settings) -> None:
@@ -99,3 +103,32 @@ async def test_publishes_in_batches_until_nothing_is_due(db_settings: Settings) 
         expected = [n.id for n in listed]
     assert report.due == 10
     assert sorted(decode_message(m.body) for m in messages) == sorted(expected)
+
+
+async def test_a_row_is_published_when_it_falls_due_not_an_interval_later(
+    db_settings: Settings,
+) -> None:
+    """With RELAY_INTERVAL an hour, a row due in a second is still published within the wait.
+
+    Quiet windows end and retries fall due at an instant; the relay wakes for it.
+    """
+    settings = db_settings.model_copy(update={"relay_interval": timedelta(hours=1)})
+    async with open_app(settings, SystemClock()) as app:
+        await produced(app, channels="system")
+        async with app.sessions() as session, session.begin():
+            await session.execute(
+                update(Notification).values(not_before=datetime.now(UTC) + timedelta(seconds=1))
+            )
+        stop = asyncio.Event()
+        relay = asyncio.create_task(app.relay().run(stop))
+
+        async def queued_system() -> int:
+            return (await app.queue.stats(["system"]))[0].depth
+
+        try:
+            depth = await eventually(queued_system, timeout=60)
+        finally:
+            stop.set()
+            await relay
+        found = await rows(app)
+    assert depth == 1 and found[("alice", "system")].state == State.QUEUED
