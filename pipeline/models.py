@@ -126,7 +126,12 @@ class NotificationSettings(SQLModel, table=True):
     @property
     def channel_set(self) -> frozenset[str]:
         """The enabled channel names."""
-        return frozenset(name for name in self.channels.split(",") if name)
+        return channel_names(self.channels)
+
+
+def channel_names(stored: str) -> frozenset[str]:
+    """Returns the channel names of a comma-separated list as stored ("system,email")."""
+    return frozenset(name for name in stored.split(",") if name)
 
 
 class Alert(SQLModel, table=True):

@@ -18,8 +18,8 @@ from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.clock import Clock
 from pipeline.db import SessionFactory
 from pipeline.fallbacks import apply_fallback_reserve
-from pipeline.models import Alert, AlertRecipient, Notification, Severity, State
-from pipeline.preferences import RecipientView, load_views
+from pipeline.models import Alert, Notification, Severity, State
+from pipeline.preferences import RecipientView, load_audience
 from pipeline.sql import insert_ignoring_duplicates
 from pipeline.validation import content_error
 
@@ -246,7 +246,8 @@ class Producer:
             alerts = await self._claim_alerts(session, only)
             if not alerts:
                 return None
-            recipients = await self._recipients(session, [a.id for a in alerts if a.id])
+            ids = [a.id for a in alerts if a.id]
+            recipients = await load_audience(session, ids, self._channels)
             candidates: list[Candidate] = []
             for alert in alerts:
                 candidates += expand(
@@ -324,24 +325,6 @@ class Producer:
             .with_for_update(skip_locked=True)
         )
         return list((await session.execute(statement)).scalars())
-
-    async def _recipients(
-        self, session: AsyncSession, alert_ids: list[int]
-    ) -> dict[int, list[RecipientView]]:
-        statement = (
-            select(col(AlertRecipient.alert_id), col(AlertRecipient.recipient_id))
-            .where(col(AlertRecipient.alert_id).in_(alert_ids))
-            .order_by(col(AlertRecipient.alert_id), col(AlertRecipient.recipient_id))
-        )
-        pairs = [
-            (int(alert_id), int(recipient_id))
-            for alert_id, recipient_id in await session.execute(statement)
-        ]
-        views = await load_views(session, {r for _, r in pairs}, self._channels)
-        by_alert: dict[int, list[RecipientView]] = {}
-        for alert_id, recipient_id in pairs:
-            by_alert.setdefault(alert_id, []).append(views[recipient_id])
-        return by_alert
 
     async def _persist(
         self, session: AsyncSession, candidates: list[Candidate], now: datetime
