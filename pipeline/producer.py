@@ -21,6 +21,7 @@ from pipeline.fallbacks import apply_fallback_reserve
 from pipeline.fanout import ROWS_PER_STATEMENT, Portion, Tally, persist, portions
 from pipeline.models import Alert, Severity, State
 from pipeline.preferences import RecipientView, load_audience
+from pipeline.quiet_hours import QuietHours
 from pipeline.validation import content_error
 
 log = structlog.get_logger("tocsin.producer")
@@ -85,8 +86,9 @@ def expand(
 def apply_content_check(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Suppresses every candidate of an alert whose title or body validation would refuse."""
     # Only a row written around create_alert (straight into the database) can get here.
-    alerts = {id(c.alert): c.alert for c in candidates}
-    refused = {key for key, alert in alerts.items() if content_suppression(alert)}
+    refused = {key for key, alert in _alerts(candidates).items() if content_suppression(alert)}
+    if not refused:
+        return list(candidates)
     return [
         replace(c, state=State.SUPPRESSED, reason=Reason.INVALID_CONTENT)
         if c.open and id(c.alert) in refused
@@ -105,6 +107,8 @@ def content_suppression(alert: Alert) -> Reason | None:
 
 def apply_dedup(candidates: Sequence[Candidate], repeats: Mapping[int, int]) -> list[Candidate]:
     """Suppresses the candidates of alerts that repeat an earlier one (alert id -> earlier id)."""
+    if not repeats:
+        return list(candidates)
     return [
         replace(c, state=State.SUPPRESSED, reason=Reason.DUPLICATE)
         if c.open and c.alert.id in repeats
@@ -130,12 +134,24 @@ def _preference(candidate: Candidate, channel: ChannelClass) -> Candidate:
 
 def apply_alert_state(candidates: Sequence[Candidate], now: datetime) -> list[Candidate]:
     """Suppresses the candidates of alerts resolved or expired before they were produced."""
-    return [_alert_state(c, now) if c.open else c for c in candidates]
+    reasons = {
+        key: reason
+        for key, alert in _alerts(candidates).items()
+        if (reason := alert_suppression(alert, now))
+    }
+    if not reasons:
+        return list(candidates)
+    return [
+        replace(c, state=State.SUPPRESSED, reason=reasons[id(c.alert)])
+        if c.open and id(c.alert) in reasons
+        else c
+        for c in candidates
+    ]
 
 
-def _alert_state(candidate: Candidate, now: datetime) -> Candidate:
-    reason = alert_suppression(candidate.alert, now)
-    return replace(candidate, state=State.SUPPRESSED, reason=reason) if reason else candidate
+def _alerts(candidates: Sequence[Candidate]) -> dict[int, Alert]:
+    """The candidates' alerts by object identity (an alert may not have been flushed yet)."""
+    return {id(c.alert): c.alert for c in candidates}
 
 
 def alert_suppression(alert: Alert, now: datetime) -> Reason | None:
@@ -151,14 +167,23 @@ def apply_quiet_hours(
     candidates: Sequence[Candidate], channels: Mapping[str, ChannelClass], now: datetime
 ) -> list[Candidate]:
     """Defers push notifications that fall in the recipient's quiet hours to the window's end."""
-    return [_quiet(c, channels[c.channel], now) if c.open else c for c in candidates]
+    # Each window's release is worked out once: recipients share a handful of windows.
+    releases: dict[QuietHours, datetime | None] = {}
+    return [_quiet(c, channels[c.channel], now, releases) if c.open else c for c in candidates]
 
 
-def _quiet(candidate: Candidate, channel: ChannelClass, now: datetime) -> Candidate:
+def _quiet(
+    candidate: Candidate,
+    channel: ChannelClass,
+    now: datetime,
+    releases: dict[QuietHours, datetime | None],
+) -> Candidate:
     quiet = candidate.recipient.quiet_hours
     if quiet is None or not channel.deferrable or candidate.alert.severity == Severity.CRITICAL:
         return candidate
-    release = quiet.release_time(now)
+    if quiet not in releases:
+        releases[quiet] = quiet.release_time(now)
+    release = releases[quiet]
     return replace(candidate, not_before=release, deferred=True) if release else candidate
 
 
