@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import ColumnElement, Select, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped
 from sqlmodel import col
 
 from channels.base import Contact
 from pipeline.channel_set import ChannelSet
 from pipeline.models import RecipientContact
 from pipeline.redact import MASK
-from pipeline.sql import table_of
 
 
 class Stored(NamedTuple):
@@ -28,19 +28,21 @@ _CHUNK = 1000
 
 # A recipient's stored addresses by kind.
 StoredContacts = dict[str, Stored]
+# Recipients by id, or a select of their ids (a subquery: no parameter per recipient).
+Chosen = Collection[int] | Select[Any]
 
 
-async def load_contacts(
-    session: AsyncSession, recipient_ids: Collection[int]
-) -> dict[int, StoredContacts]:
+async def load_contacts(session: AsyncSession, recipients: Chosen) -> dict[int, StoredContacts]:
     """Returns the stored addresses of each recipient (one without any is absent)."""
     found: dict[int, StoredContacts] = {}
-    c = table_of(RecipientContact).c
-    for chunk in _chunks(sorted(set(recipient_ids))):
-        # Columns, not entities: workers load contacts for every batch they claim.
-        rows = await session.execute(
-            select(c.recipient_id, c.kind, c.address, c.secret).where(c.recipient_id.in_(chunk))
-        )
+    statement = select(
+        col(RecipientContact.recipient_id),
+        col(RecipientContact.kind),
+        col(RecipientContact.address),
+        col(RecipientContact.secret),
+    )
+    for condition in among(col(RecipientContact.recipient_id), recipients):
+        rows = (await session.execute(statement.where(condition))).all()
         for recipient_id, kind, address, secret in rows:
             found.setdefault(recipient_id, {})[kind] = Stored(address, secret)
     return found
@@ -78,6 +80,16 @@ def _row(channels: ChannelSet, recipient_id: int, kind: str, value: str) -> dict
     return {"recipient_id": recipient_id, "kind": kind, "address": address, "secret": secret}
 
 
+def among(column: Mapped[Any], chosen: Chosen) -> Iterator[ColumnElement[bool]]:
+    """Yields conditions that together pick the chosen ids: one IN per chunk of a collection,
+    one IN (subquery) for a select."""
+    if isinstance(chosen, Select):
+        yield column.in_(chosen)
+        return
+    for chunk in _chunks(sorted(set(chosen))):
+        yield column.in_(chunk)
+
+
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     # Bound each statement's parameters (SQLite allows 32,766; asyncpg 32,767).
     for start in range(0, len(items), _CHUNK):
@@ -92,10 +104,10 @@ def usable(stored: StoredContacts, channels: ChannelSet) -> dict[str, str]:
 
 
 async def load_usable(
-    session: AsyncSession, recipient_ids: Collection[int], channels: ChannelSet
+    session: AsyncSession, recipients: Chosen, channels: ChannelSet
 ) -> dict[int, dict[str, str]]:
     """Each recipient's addresses as channels use them (one without any is absent)."""
-    stored = await load_contacts(session, recipient_ids)
+    stored = await load_contacts(session, recipients)
     return {recipient_id: usable(found, channels) for recipient_id, found in stored.items()}
 
 

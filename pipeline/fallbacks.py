@@ -84,6 +84,8 @@ def apply_fallback_reserve(
     A held-back candidate gets no row now: the fallback creates it if that channel's
     notification dies. Suppressed candidates stay, so their row still says why.
     """
+    if not fallbacks.to:
+        return list(candidates)
     tried = {_identity(c) for c in candidates if c.open}
     return [c for c in candidates if not _held(c, tried, fallbacks)]
 

@@ -126,12 +126,12 @@ class NotificationSettings(SQLModel, table=True):
     @property
     def channel_set(self) -> frozenset[str]:
         """The enabled channel names."""
-        return self.parse_channels(self.channels)
+        return channel_names(self.channels)
 
-    @staticmethod
-    def parse_channels(stored: str) -> frozenset[str]:
-        """The channel names of a stored `channels` value."""
-        return frozenset(name for name in stored.split(",") if name)
+
+def channel_names(stored: str) -> frozenset[str]:
+    """Returns the channel names of a comma-separated list as stored ("system,email")."""
+    return frozenset(name for name in stored.split(",") if name)
 
 
 class Alert(SQLModel, table=True):

@@ -18,9 +18,10 @@ from pipeline.channel_set import ChannelClass, ChannelSet
 from pipeline.clock import Clock
 from pipeline.db import SessionFactory
 from pipeline.fallbacks import apply_fallback_reserve
-from pipeline.models import Alert, AlertRecipient, Notification, Severity, State
-from pipeline.preferences import RecipientView, load_views
-from pipeline.sql import insert_ignoring_duplicates
+from pipeline.fanout import ROWS_PER_STATEMENT, Portion, Tally, persist, portions
+from pipeline.models import Alert, Severity, State
+from pipeline.preferences import RecipientView, load_audience
+from pipeline.quiet_hours import QuietHours
 from pipeline.validation import content_error
 
 log = structlog.get_logger("tocsin.producer")
@@ -85,8 +86,9 @@ def expand(
 def apply_content_check(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Suppresses every candidate of an alert whose title or body validation would refuse."""
     # Only a row written around create_alert (straight into the database) can get here.
-    alerts = {id(c.alert): c.alert for c in candidates}
-    refused = {key for key, alert in alerts.items() if content_suppression(alert)}
+    refused = {key for key, alert in _alerts(candidates).items() if content_suppression(alert)}
+    if not refused:
+        return list(candidates)
     return [
         replace(c, state=State.SUPPRESSED, reason=Reason.INVALID_CONTENT)
         if c.open and id(c.alert) in refused
@@ -105,6 +107,8 @@ def content_suppression(alert: Alert) -> Reason | None:
 
 def apply_dedup(candidates: Sequence[Candidate], repeats: Mapping[int, int]) -> list[Candidate]:
     """Suppresses the candidates of alerts that repeat an earlier one (alert id -> earlier id)."""
+    if not repeats:
+        return list(candidates)
     return [
         replace(c, state=State.SUPPRESSED, reason=Reason.DUPLICATE)
         if c.open and c.alert.id in repeats
@@ -130,12 +134,24 @@ def _preference(candidate: Candidate, channel: ChannelClass) -> Candidate:
 
 def apply_alert_state(candidates: Sequence[Candidate], now: datetime) -> list[Candidate]:
     """Suppresses the candidates of alerts resolved or expired before they were produced."""
-    return [_alert_state(c, now) if c.open else c for c in candidates]
+    reasons = {
+        key: reason
+        for key, alert in _alerts(candidates).items()
+        if (reason := alert_suppression(alert, now))
+    }
+    if not reasons:
+        return list(candidates)
+    return [
+        replace(c, state=State.SUPPRESSED, reason=reasons[id(c.alert)])
+        if c.open and id(c.alert) in reasons
+        else c
+        for c in candidates
+    ]
 
 
-def _alert_state(candidate: Candidate, now: datetime) -> Candidate:
-    reason = alert_suppression(candidate.alert, now)
-    return replace(candidate, state=State.SUPPRESSED, reason=reason) if reason else candidate
+def _alerts(candidates: Sequence[Candidate]) -> dict[int, Alert]:
+    """The candidates' alerts by object identity (an alert may not have been flushed yet)."""
+    return {id(c.alert): c.alert for c in candidates}
 
 
 def alert_suppression(alert: Alert, now: datetime) -> Reason | None:
@@ -151,14 +167,23 @@ def apply_quiet_hours(
     candidates: Sequence[Candidate], channels: Mapping[str, ChannelClass], now: datetime
 ) -> list[Candidate]:
     """Defers push notifications that fall in the recipient's quiet hours to the window's end."""
-    return [_quiet(c, channels[c.channel], now) if c.open else c for c in candidates]
+    # Each window's release is worked out once: recipients share a handful of windows.
+    releases: dict[QuietHours, datetime | None] = {}
+    return [_quiet(c, channels[c.channel], now, releases) if c.open else c for c in candidates]
 
 
-def _quiet(candidate: Candidate, channel: ChannelClass, now: datetime) -> Candidate:
+def _quiet(
+    candidate: Candidate,
+    channel: ChannelClass,
+    now: datetime,
+    releases: dict[QuietHours, datetime | None],
+) -> Candidate:
     quiet = candidate.recipient.quiet_hours
     if quiet is None or not channel.deferrable or candidate.alert.severity == Severity.CRITICAL:
         return candidate
-    release = quiet.release_time(now)
+    if quiet not in releases:
+        releases[quiet] = quiet.release_time(now)
+    release = releases[quiet]
     return replace(candidate, not_before=release, deferred=True) if release else candidate
 
 
@@ -186,8 +211,11 @@ class Producer:
         channels: ChannelSet,
         batch_size: int = 50,
         dedup_window: timedelta = timedelta(hours=1),
+        rows_per_statement: int = ROWS_PER_STATEMENT,
     ) -> None:
         self._dedup_window = dedup_window
+        # Recipients per portion: a recipient's rows (one per channel) share a portion.
+        self._portion = max(1, rows_per_statement // max(1, len(channels.names)))
         self._sessions = session_factory
         self._clock = clock
         self._metrics = metrics
@@ -242,25 +270,16 @@ class Producer:
 
     async def _run_batch(self, only: Sequence[int] | None = None) -> ProducerReport | None:
         now = self._clock.now()
+        tally = Tally()
         async with self._sessions() as session, session.begin():
             alerts = await self._claim_alerts(session, only)
             if not alerts:
                 return None
-            recipients = await self._recipients(session, [a.id for a in alerts if a.id])
-            candidates: list[Candidate] = []
-            for alert in alerts:
-                candidates += expand(
-                    alert,
-                    recipients.get(alert.id or 0, []),
-                    self._channels.names,
-                    self._channels.defaults,
-                )
-            candidates = apply_content_check(candidates)
+            audience = await load_audience(session, [a.id for a in alerts if a.id], self._channels)
             repeats = await self._repeats(session, alerts)
-            candidates = apply_dedup(candidates, repeats)
-            candidates = screen(candidates, self._channels.classes, now)
-            candidates = apply_fallback_reserve(candidates, self._channels.fallbacks)
-            created = await self._persist(session, candidates, now)
+            for part in portions(alerts, audience, self._portion):
+                candidates = self._stages(part, repeats, now)
+                tally.add(candidates, await persist(session, candidates, now))
             await session.execute(
                 update(Alert)
                 .where(col(Alert.id).in_([a.id for a in alerts]))
@@ -270,7 +289,30 @@ class Producer:
                 await session.execute(
                     update(Alert).where(col(Alert.id) == repeat).values(duplicate_of=first)
                 )
-        return self._report(alerts, candidates, created)
+        # Counted once committed: a rolled-back batch created nothing.
+        return self._report(len(alerts), tally)
+
+    def _report(self, alerts: int, tally: Tally) -> ProducerReport:
+        if tally.duplicates:
+            # Another producer got there first; its run counted these rows, not ours.
+            log.info("producer_duplicates_skipped", count=tally.duplicates)
+        tally.record(self._metrics)
+        return ProducerReport(
+            alerts=alerts,
+            created=tally.created.total(),
+            deferred=tally.deferred.total(),
+            suppressed=tally.suppressed.total(),
+            duplicates=tally.duplicates,
+        )
+
+    def _stages(self, part: Portion, repeats: Mapping[int, int], now: datetime) -> list[Candidate]:
+        candidates: list[Candidate] = []
+        for alert, recipients in part:
+            candidates += expand(alert, recipients, self._channels.names, self._channels.defaults)
+        candidates = apply_content_check(candidates)
+        candidates = apply_dedup(candidates, repeats)
+        candidates = screen(candidates, self._channels.classes, now)
+        return apply_fallback_reserve(candidates, self._channels.fallbacks)
 
     async def _repeats(self, session: AsyncSession, alerts: list[Alert]) -> dict[int, int]:
         """Maps each alert that repeats an earlier one within the dedup window to that one.
@@ -325,53 +367,6 @@ class Producer:
         )
         return list((await session.execute(statement)).scalars())
 
-    async def _recipients(
-        self, session: AsyncSession, alert_ids: list[int]
-    ) -> dict[int, list[RecipientView]]:
-        statement = (
-            select(col(AlertRecipient.alert_id), col(AlertRecipient.recipient_id))
-            .where(col(AlertRecipient.alert_id).in_(alert_ids))
-            .order_by(col(AlertRecipient.alert_id), col(AlertRecipient.recipient_id))
-        )
-        pairs = [
-            (int(alert_id), int(recipient_id))
-            for alert_id, recipient_id in await session.execute(statement)
-        ]
-        views = await load_views(session, {r for _, r in pairs}, self._channels)
-        by_alert: dict[int, list[RecipientView]] = {}
-        for alert_id, recipient_id in pairs:
-            by_alert.setdefault(alert_id, []).append(views[recipient_id])
-        return by_alert
-
-    async def _persist(
-        self, session: AsyncSession, candidates: list[Candidate], now: datetime
-    ) -> list[Candidate]:
-        """Inserts the candidates and returns those that were new (the rest already existed)."""
-        if not candidates:
-            return []
-        statement = insert_ignoring_duplicates(session, Notification).returning(
-            col(Notification.alert_id), col(Notification.recipient_id), col(Notification.channel)
-        )
-        result = await session.execute(statement, [candidate_row(c, now) for c in candidates])
-        new = {tuple(row) for row in result}
-        return [c for c in candidates if (c.alert.id, c.recipient.id, c.channel) in new]
-
-    def _report(
-        self, alerts: list[Alert], candidates: list[Candidate], created: list[Candidate]
-    ) -> ProducerReport:
-        duplicates = len(candidates) - len(created)
-        if duplicates:
-            # Another producer got there first; its run counted these rows, not ours.
-            log.info("producer_duplicates_skipped", count=duplicates)
-        count_created(self._metrics, created)
-        return ProducerReport(
-            alerts=len(alerts),
-            created=len(created),
-            deferred=sum(c.deferred for c in created),
-            suppressed=sum(c.reason is not None for c in created),
-            duplicates=duplicates,
-        )
-
 
 # Any constant shared by every replica; "tocsin" in ASCII.
 PRODUCER_LOCK_KEY = 0x746F6373696E
@@ -392,12 +387,9 @@ async def _release_producer_lock(connection: AsyncConnection) -> None:
 
 def count_created(metrics: Metrics, created: Sequence[Candidate]) -> None:
     """Counts new rows: created, and deferred or suppressed with their reason."""
-    for c in created:
-        metrics.record_created(c.channel)
-        if c.deferred:
-            metrics.record_deferred(c.channel)
-        if c.reason is not None:
-            metrics.record_suppressed(c.channel, c.reason.value)
+    tally = Tally()
+    tally.add(created, created)
+    tally.record(metrics)
 
 
 def candidate_row(

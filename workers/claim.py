@@ -17,7 +17,15 @@ from channels.errors import Reason
 from pipeline.channel_set import ChannelSet
 from pipeline.contacts import load_usable
 from pipeline.db import SessionFactory
-from pipeline.models import Alert, Notification, NotificationSettings, Outcome, Recipient, State
+from pipeline.models import (
+    Alert,
+    Notification,
+    NotificationSettings,
+    Outcome,
+    Recipient,
+    State,
+    channel_names,
+)
 from pipeline.producer import alert_suppression, content_suppression
 from pipeline.sql import first_ints, table_of
 from workers.outcome import AttemptResult
@@ -235,11 +243,7 @@ async def _load(
             alerts[row.alert_id] = alert, reason
         alert, alert_reason = alerts[row.alert_id]
         delivery = _delivery(row, alert, contacts.get(row.recipient_id, {}))
-        enabled = (
-            NotificationSettings.parse_channels(row.channels)
-            if row.channels is not None
-            else channels.defaults
-        )
+        enabled = channel_names(row.channels) if row.channels is not None else channels.defaults
         # Checked again at send time: preferences, alert state (and its row) may have changed.
         reason = Reason.OPTED_OUT if row.channel not in enabled else alert_reason
         if reason is None:

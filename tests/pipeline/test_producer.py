@@ -16,7 +16,14 @@ from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.models import Alert, AlertRecipient, Notification, State
 from pipeline.preferences import RecipientView
-from pipeline.producer import Candidate, apply_content_check, expand
+from pipeline.producer import (
+    Candidate,
+    apply_alert_state,
+    apply_content_check,
+    apply_quiet_hours,
+    expand,
+)
+from pipeline.quiet_hours import QuietHours
 from tests.support.channels import pinned
 from tests.support.pipeline import (
     START,
@@ -263,6 +270,51 @@ def test_content_check_keeps_an_earlier_reason() -> None:
     alert = Alert(id=1, title="a\x00", body="b", severity="warning", created_at=START)
     earlier = Candidate(alert, ALICE, "system", State.SUPPRESSED, reason=Reason.OPTED_OUT)
     assert apply_content_check([earlier]) == [earlier]
+
+
+def test_alert_state_suppresses_only_the_candidates_of_a_dead_alert() -> None:
+    now = START
+    live = Alert(id=1, title="t", body="b", severity="warning", created_at=START)
+    resolved = Alert(id=2, title="t", body="b", severity="warning", created_at=START)
+    resolved.resolved_at = START
+    expired = Alert(id=3, title="t", body="b", severity="warning", created_at=START)
+    expired.expires_at = START
+    earlier = Candidate(resolved, ALICE, "email", State.SUPPRESSED, reason=Reason.OPTED_OUT)
+    candidates = [
+        *expand(live, [ALICE], ["system"], {"system"}),
+        *expand(resolved, [ALICE], ["system"], {"system"}),
+        earlier,
+        *expand(expired, [ALICE], ["system"], {"system"}),
+    ]
+    assert [(c.alert.id, c.state, c.reason) for c in apply_alert_state(candidates, now)] == [
+        (1, State.PENDING, None),
+        (2, State.SUPPRESSED, Reason.ALERT_RESOLVED),
+        (2, State.SUPPRESSED, Reason.OPTED_OUT),  # the earlier reason stays
+        (3, State.SUPPRESSED, Reason.ALERT_EXPIRED),
+    ]
+
+
+def test_each_quiet_window_gets_its_own_release_in_one_pass() -> None:
+    # START is 12:00 in Shanghai and 05:00 in Berlin: the same hours, two answers; a window
+    # equal to an earlier one (worked out once) gives the same answer.
+    alert = Alert(id=1, title="t", body="b", severity="warning", created_at=START)
+    shanghai = QuietHours.parse("11:00-13:30", "Asia/Shanghai")
+    berlin = QuietHours.parse("11:00-13:30", "Europe/Berlin")
+    again = QuietHours.parse("11:00-13:30", "Asia/Shanghai")
+    people = [
+        RecipientView(i, f"u{i}", {}, frozenset({"email"}), window)
+        for i, window in enumerate([shanghai, berlin, again, None])
+    ]
+    deferred = apply_quiet_hours(
+        expand(alert, people, ["email"], {"email"}), pinned().classes, START
+    )
+    end = datetime(2026, 11, 23, 5, 30, tzinfo=UTC)
+    assert [(c.not_before, c.deferred) for c in deferred] == [
+        (end, True),
+        (None, False),
+        (end, True),
+        (None, False),
+    ]
 
 
 async def insert_raw_alert(app: App, username: str, title: str, body: str) -> None:
