@@ -277,11 +277,15 @@ class Cluster:
         concurrency: int = 8,
         **env: str,
     ) -> Proc:
-        """Starts `tocsin worker` for the channels."""
+        """Starts `tocsin worker` for the channels, in batches of the concurrency.
+
+        The tests bound duplicates by what a worker holds when a fault lands: two batches per
+        channel, here 2 x concurrency (unless env sets WORKER_BATCH_SIZE).
+        """
         args = ["worker", "--concurrency", str(concurrency)]
         for channel in channels:
             args += ["--channel", channel]
-        return await self.spawn(name, *args, **env)
+        return await self.spawn(name, *args, **{"WORKER_BATCH_SIZE": str(concurrency), **env})
 
     async def produce(self) -> dict[str, Any]:
         """Runs one producer pass with the one-shot `tocsin produce`; returns its report."""

@@ -274,7 +274,7 @@ async def test_postgres_connections_terminated_then_down_mid_run(cluster: Cluste
     verdict = await cluster.judge()
     print(f"valid messages dead-lettered by the broker: {await broker_dead_letters(cluster)}")
     # Only sends whose outcome could not be committed may repeat: per fault, at most one
-    # window (2 x concurrency) per channel per worker.
+    # window (two batches, of `concurrency` here) per channel per worker.
     bound = 2 * len(workers) * 2 * concurrency
     for channel, duplicated in verdict.duplicated_by_channel.items():
         assert duplicated <= bound, f"{channel}: {duplicated} > {bound}: {verdict}"

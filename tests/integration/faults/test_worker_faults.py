@@ -48,8 +48,8 @@ async def test_sigkill_a_worker_repeatedly_loses_nothing(cluster: Cluster) -> No
 
     assert verdict.ok, verdict
     assert verdict.sent == verdict.intended, verdict
-    # At-least-once: only sends in flight at a kill may repeat; a worker holds at most
-    # 2 x concurrency messages per channel (one batch sending, one being claimed/recorded).
+    # At-least-once: only sends in flight at a kill may repeat; a worker holds at most two
+    # batches per channel (one sending, one being claimed/recorded), of `concurrency` here.
     bound = kills * 2 * concurrency
     for channel, duplicated in verdict.duplicated_by_channel.items():
         assert duplicated <= bound, f"{channel}: {duplicated} > {bound}: {verdict}"
