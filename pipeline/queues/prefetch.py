@@ -18,6 +18,8 @@ SETTLE_TURNS = 4
 # How long receive waits for more deliveries after the first. The broker hands out a new
 # message for each ack, one frame at a time: without it a worker claims batches of 2-3 rows
 # (one transaction each) instead of ~10; 10 ms measured 1.9x the end-to-end deliveries/s.
+# 50 ms (benchmarks/throughput.py): claims of ~40 rows instead of 4-8 while the relay's
+# publishing trickles in, half the worker's CPU per delivery; a message waits at most 50 ms.
 BATCH_LINGER = 0.05
 
 
