@@ -127,6 +127,9 @@ class Channel(ABC, Generic[S]):
     # Whether notifications of one alert that go to one destination are sent as one provider
     # call: the claim then takes an alert's due siblings along, and group_key groups them.
     coalesces: ClassVar[bool] = False
+    # Whether WORKER_CONCURRENCY bounds this channel's sends in flight. A channel whose sends
+    # join one group commit at a time (the inbox) needs no bound: a whole batch joins one.
+    bounded_sends: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod

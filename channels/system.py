@@ -23,6 +23,8 @@ class SystemChannel(Channel[ChannelSettings]):
     name = "system"
     settings_class = ChannelSettings  # nothing to configure
     deferrable = False
+    # Its writes are group commits: a batch's sends all joining one is the point.
+    bounded_sends = False
     reasons: ClassVar[tuple[Reason, ...]] = ()
 
     def __init__(self, context: ChannelContext) -> None:

@@ -96,7 +96,12 @@ class Worker:
         self._redact = redact
         self._config = config
         self._stopping = asyncio.Event()
-        self._sends = {name: asyncio.Semaphore(config.concurrency) for name in channels}
+        self._sends = {
+            name: asyncio.Semaphore(
+                config.concurrency if channel.bounded_sends else 2 * config.batch_size
+            )
+            for name, channel in channels.items()
+        }
         self._starting = {name: asyncio.Lock() for name in channels}
         self._started: set[str] = set()
         self.delivered = 0
