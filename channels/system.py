@@ -11,7 +11,7 @@ from channels.base import Channel, ChannelContext, ChannelSettings, Delivery
 from channels.errors import Reason
 from pipeline.batching import GroupCommit
 from pipeline.models import InboxMessage
-from pipeline.sql import insert_ignoring_duplicates
+from pipeline.sql import insert_ignoring_duplicates, is_postgresql
 
 # Any constant shared by every writer ("inbox" in ASCII, recognisable in pg_locks).
 INBOX_ORDER_LOCK = text("SELECT pg_advisory_xact_lock(452823510904)")
@@ -52,7 +52,7 @@ class SystemChannel(Channel[ChannelSettings]):
 
     async def _insert(self, payloads: Sequence[dict[str, object]]) -> None:
         async with self._context.session_factory() as session, session.begin():
-            if session.bind is not None and session.bind.dialect.name == "postgresql":
+            if is_postgresql(session):
                 # Inbox ids must become visible in increasing order (readers resume "after id
                 # N", see pipeline/inbox.py). Held until commit, this lock makes a later writer
                 # draw its ids only once this one is visible; SQLite has one writer anyway.

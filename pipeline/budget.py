@@ -35,7 +35,7 @@ from sqlmodel import col
 from pipeline.db import SessionFactory
 from pipeline.durations import format_duration, parse_duration
 from pipeline.models import SendBudget, SendBudgetSlot
-from pipeline.sql import first_ints, insert_ignoring_duplicates
+from pipeline.sql import first_ints, insert_ignoring_duplicates, table_of
 
 _LIMIT = re.compile(r"\s*(\d+)\s*(?:/\s*(\S+))?\s*")
 
@@ -247,7 +247,7 @@ async def _add_slots(session: AsyncSession, digests: list[str], frees_at: dateti
     if not digests:
         return []
     rows = await session.execute(
-        insert(SendBudgetSlot.__table__).returning(  # type: ignore[attr-defined]
+        insert(table_of(SendBudgetSlot)).returning(
             col(SendBudgetSlot.id), sort_by_parameter_order=True
         ),
         [{"key_digest": digest, "frees_at": frees_at} for digest in digests],

@@ -22,6 +22,7 @@ from pipeline.fanout import ROWS_PER_STATEMENT, Portion, Tally, persist, portion
 from pipeline.models import Alert, Severity, State
 from pipeline.preferences import RecipientView, load_audience
 from pipeline.quiet_hours import QuietHours
+from pipeline.sql import is_postgresql
 from pipeline.validation import content_error
 
 log = structlog.get_logger("tocsin.producer")
@@ -227,7 +228,7 @@ class Producer:
         async with self._sessions() as lock_session:
             # Pin one connection for the whole pass: a session-level advisory lock belongs to
             # the connection, and a committed session would hand it back to the pool.
-            connection = await lock_session.connection() if _is_postgres(lock_session) else None
+            connection = await lock_session.connection() if is_postgresql(lock_session) else None
             if connection is not None and not await _take_producer_lock(connection):
                 log.info("producer_skipped", why="another producer replica holds the lock")
                 return ProducerReport()
@@ -370,10 +371,6 @@ class Producer:
 
 # Any constant shared by every replica; "tocsin" in ASCII.
 PRODUCER_LOCK_KEY = 0x746F6373696E
-
-
-def _is_postgres(session: AsyncSession) -> bool:
-    return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
 async def _take_producer_lock(connection: AsyncConnection) -> bool:

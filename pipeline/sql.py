@@ -27,15 +27,16 @@ def insert_ignoring_duplicates(session: AsyncSession, model: type[SQLModel]) -> 
     """
     table = table_of(model)
     statement: Insert
-    if _dialect(session) == "postgresql":
+    if is_postgresql(session):
         statement = postgresql.insert(table).on_conflict_do_nothing()
     else:
         statement = sqlite.insert(table).on_conflict_do_nothing()
     return statement
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"
+def is_postgresql(session: AsyncSession) -> bool:
+    """True when the session talks to PostgreSQL (otherwise SQLite, one writer at a time)."""
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
 def first_ints(rows: Iterable[Any]) -> list[int]:
@@ -63,8 +64,8 @@ async def insert_columns_ignoring_duplicates(
     value, and no per-row work in SQLAlchemy. Elsewhere an executemany. Callers bound the rows
     of one call (the producer's chunks).
     """
-    table = model.__table__  # type: ignore[attr-defined]
-    if _dialect(session) == "postgresql":
+    table = table_of(model)
+    if is_postgresql(session):
         statement = _unnest_insert(table, list(columns), list(shared), returning)
         params = {f"many_{name}": list(values) for name, values in columns.items()}
         params |= {f"shared_{name}": value for name, value in shared.items()}

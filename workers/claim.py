@@ -27,7 +27,7 @@ from pipeline.models import (
     channel_names,
 )
 from pipeline.producer import alert_suppression, content_suppression
-from pipeline.sql import first_ints, table_of
+from pipeline.sql import first_ints, is_postgresql, table_of
 from workers.outcome import AttemptResult
 
 # The first key of the per-alert claim locks (two-key advisory locks: apart from the
@@ -113,7 +113,7 @@ async def _take_turns_per_alert(session: AsyncSession, ids: Sequence[int]) -> No
     instead of one. Taken in alert order before any row is locked, so claims never deadlock;
     a claim that waited finds its rows already taken, and drops their messages as stale.
     """
-    if session.bind is None or session.bind.dialect.name != "postgresql":
+    if not is_postgresql(session):
         return
     alerts = await session.execute(
         select(col(Notification.alert_id))

@@ -18,7 +18,7 @@ from pipeline.clock import Clock
 from pipeline.db import SessionFactory
 from pipeline.models import Notification, State
 from pipeline.notifications import NotificationFilter, NotificationView, list_notifications
-from pipeline.sql import id_channel_pairs
+from pipeline.sql import id_channel_pairs, table_of
 from pipeline.validation import InputError
 
 # How fast a replay releases rows unless told otherwise, so a recovered provider is not flooded.
@@ -187,7 +187,7 @@ async def _take_dead(
 
 
 async def _schedule(session: AsyncSession, ids: list[int], due: list[datetime]) -> None:
-    table = Notification.__table__  # type: ignore[attr-defined]
+    table = table_of(Notification)
     statement = (
         update(table).where(table.c.id == bindparam("row_id")).values(not_before=bindparam("due"))
     )

@@ -58,6 +58,12 @@ class WorkerConfig:
     # In burst mode, how long an empty receive waits before the queue counts as idle.
     idle_timeout: float = 1.0
 
+    @property
+    def window(self) -> int:
+        """Messages a channel's consumer holds at once: two batches, one claimed or recorded
+        while the other is sending (and what a crash can repeat)."""
+        return 2 * self.batch_size
+
     def __post_init__(self) -> None:
         # A claimed batch may wait for the batch before it to finish sending (the window is two
         # batches), and a send may start only if it can end within the lease.
@@ -97,9 +103,7 @@ class Worker:
         self._config = config
         self._stopping = asyncio.Event()
         self._sends = {
-            name: asyncio.Semaphore(
-                config.concurrency if channel.bounded_sends else 2 * config.batch_size
-            )
+            name: asyncio.Semaphore(config.concurrency if channel.bounded_sends else config.window)
             for name, channel in channels.items()
         }
         self._starting = {name: asyncio.Lock() for name in channels}
@@ -124,11 +128,9 @@ class Worker:
         return self.delivered - before
 
     async def _consume(self, channel: str, *, burst: bool) -> None:
-        # Two batches of messages in flight: one is claimed or recorded while the other is
-        # sending. Its sends take turns for the concurrency; a batch's cost in the database is
-        # mostly per statement, so a full batch makes each delivery cheaper.
-        batch = self._config.batch_size
-        window = 2 * batch
+        # Its sends take turns for the concurrency; a batch's cost in the database is mostly
+        # per statement, so a full batch makes each delivery cheaper.
+        batch, window = self._config.batch_size, self._config.window
         slots = asyncio.Semaphore(window)
         tasks: set[asyncio.Task[None]] = set()
         timeout = self._config.idle_timeout if burst else self._config.receive_timeout
