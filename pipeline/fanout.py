@@ -91,25 +91,31 @@ class Tally:
 
 
 async def persist(
-    session: AsyncSession, candidates: Sequence[Candidate], now: datetime
+    session: AsyncSession,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    fallback_of: Sequence[int] | None = None,
 ) -> Sequence[Candidate]:
     """Inserts the candidates' rows in one statement; returns those that were new (a row of
-    the same identity may exist already)."""
+    the same identity may exist already). fallback_of names, candidate by candidate, the row
+    each stands in for (FALLBACK_<CHANNEL>)."""
     if not candidates:
         return []
-    # Column by column, the columns candidate_row gives a single row.
+    columns: dict[str, Sequence[object]] = {
+        "alert_id": [c.alert.id for c in candidates],
+        "recipient_id": [c.recipient.id for c in candidates],
+        "channel": [c.channel for c in candidates],
+        "state": [c.state.value for c in candidates],
+        "not_before": [c.not_before or now for c in candidates],
+        "deferred": [c.deferred for c in candidates],
+        "last_reason": [c.reason.value if c.reason else None for c in candidates],
+    }
+    if fallback_of is not None:
+        columns["fallback_of"] = fallback_of
     inserted = await insert_columns_ignoring_duplicates(
         session,
         Notification,
-        {
-            "alert_id": [c.alert.id for c in candidates],
-            "recipient_id": [c.recipient.id for c in candidates],
-            "channel": [c.channel for c in candidates],
-            "state": [c.state.value for c in candidates],
-            "not_before": [c.not_before or now for c in candidates],
-            "deferred": [c.deferred for c in candidates],
-            "last_reason": [c.reason.value if c.reason else None for c in candidates],
-        },
+        columns,
         {"attempts": 0, "created_at": now, "updated_at": now},
         returning=("alert_id", "recipient_id", "channel"),
     )

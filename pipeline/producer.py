@@ -387,22 +387,3 @@ def count_created(metrics: Metrics, created: Sequence[Candidate]) -> None:
     tally = Tally()
     tally.add(created, created)
     tally.record(metrics)
-
-
-def candidate_row(
-    candidate: Candidate, now: datetime, fallback_of: int | None = None
-) -> dict[str, object]:
-    """Returns the notifications row of a candidate (fallback_of names the row it stands in for)."""
-    return {
-        "alert_id": candidate.alert.id,
-        "recipient_id": candidate.recipient.id,
-        "channel": candidate.channel,
-        "state": candidate.state.value,
-        "attempts": 0,
-        "not_before": candidate.not_before or now,
-        "deferred": candidate.deferred,
-        "last_reason": candidate.reason.value if candidate.reason else None,
-        "created_at": now,
-        "updated_at": now,
-        "fallback_of": fallback_of,
-    }

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from pipeline.channel_set import ChannelSet
+from pipeline.fanout import persist
 from pipeline.models import Alert, Notification
 from pipeline.preferences import load_views
-from pipeline.producer import Candidate, candidate_row, screen
-from pipeline.sql import insert_ignoring_duplicates
+from pipeline.producer import Candidate, screen
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,8 @@ async def _insert(
     session: AsyncSession, planned: Sequence[Planned], now: datetime
 ) -> list[Planned]:
     """Inserts the planned rows; returns those that were new (the rest already existed)."""
-    if not planned:
-        return []
-    statement = insert_ignoring_duplicates(session, Notification).returning(
-        col(Notification.alert_id), col(Notification.recipient_id), col(Notification.channel)
+    created = await persist(
+        session, [p.candidate for p in planned], now, fallback_of=[p.origin for p in planned]
     )
-    rows = [candidate_row(p.candidate, now, fallback_of=p.origin) for p in planned]
-    new = {(int(a), int(r), str(c)) for a, r, c in await session.execute(statement, rows)}
+    new = {(c.alert.id or 0, c.recipient.id, c.channel) for c in created}
     return [plan for plan in planned if plan.key in new]
