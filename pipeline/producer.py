@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -87,15 +87,7 @@ def expand(
 def apply_content_check(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Suppresses every candidate of an alert whose title or body validation would refuse."""
     # Only a row written around create_alert (straight into the database) can get here.
-    refused = {key for key, alert in _alerts(candidates).items() if content_suppression(alert)}
-    if not refused:
-        return list(candidates)
-    return [
-        replace(c, state=State.SUPPRESSED, reason=Reason.INVALID_CONTENT)
-        if c.open and id(c.alert) in refused
-        else c
-        for c in candidates
-    ]
+    return _suppress_by_alert(candidates, content_suppression)
 
 
 def content_suppression(alert: Alert) -> Reason | None:
@@ -135,11 +127,16 @@ def _preference(candidate: Candidate, channel: ChannelClass) -> Candidate:
 
 def apply_alert_state(candidates: Sequence[Candidate], now: datetime) -> list[Candidate]:
     """Suppresses the candidates of alerts resolved or expired before they were produced."""
-    reasons = {
-        key: reason
-        for key, alert in _alerts(candidates).items()
-        if (reason := alert_suppression(alert, now))
-    }
+    return _suppress_by_alert(candidates, lambda alert: alert_suppression(alert, now))
+
+
+def _suppress_by_alert(
+    candidates: Sequence[Candidate], reason_of: Callable[[Alert], Reason | None]
+) -> list[Candidate]:
+    """Suppresses the open candidates of each alert reason_of names a reason for; asked once
+    per alert (by object identity: an alert may not have been flushed yet)."""
+    alerts = {id(c.alert): c.alert for c in candidates}
+    reasons = {key: reason for key, alert in alerts.items() if (reason := reason_of(alert))}
     if not reasons:
         return list(candidates)
     return [
@@ -148,11 +145,6 @@ def apply_alert_state(candidates: Sequence[Candidate], now: datetime) -> list[Ca
         else c
         for c in candidates
     ]
-
-
-def _alerts(candidates: Sequence[Candidate]) -> dict[int, Alert]:
-    """The candidates' alerts by object identity (an alert may not have been flushed yet)."""
-    return {id(c.alert): c.alert for c in candidates}
 
 
 def alert_suppression(alert: Alert, now: datetime) -> Reason | None:
