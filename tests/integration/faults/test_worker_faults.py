@@ -35,6 +35,13 @@ async def test_sigkill_a_worker_repeatedly_loses_nothing(cluster: Cluster) -> No
     )
     await cluster.wait_ready(steady, victim, producer)
     for kill in range(kills):
+        if kill:
+            # A fresh wave once the new victim listens: on a fast machine the steady worker
+            # could otherwise deliver everything left while the victim starts, and it would
+            # never be busy.
+            await cluster.wait_ready(victim)
+            await cluster.seed(20, 20, tag=f"wave{kill}")
+            await cluster.produce()
         # Kill only once the victim has delivered something since it (re)started.
         await cluster.wait_for(
             lambda v=victim: v.count("delivery") >= 30, timeout=60, what=f"{victim.name} busy"
